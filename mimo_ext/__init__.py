@@ -1,0 +1,15 @@
+"""mimo_ext: fused kernels for balanced multi-modal learning with MIMO.
+
+MIMO trains a late-fusion model on ``f0 + gamma * mu * log(sum_m exp(f_m / mu))``: the fusion loss plus a
+smoothed max over the uni-modal losses, so the worst-trained modality gets the most gradient.
+"""
+
+from ._library import load as _load
+
+_load()
+
+from .objective import DEFAULT_MU, SmoothMax, mimo_loss  # noqa: E402
+from .ops import blend, blend_, smooth_max  # noqa: E402
+
+__all__ = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "smooth_max"]
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""The MIMO objective: the smoothed max over uni-modal losses, as an autograd Function and as a loss."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+from . import ops
+
+__all__ = ["DEFAULT_MU", "SmoothMax", "mimo_loss"]
+
+# Temperature of the smoothed max. The paper's reference code is not public here; 0.1 is our choice: for
+# cross-entropy losses (order 0.1 to 2) it puts most of the weight on the worst modality when losses differ by
+# a few tenths (the lexicographic intent), while staying smooth when they are close.
+DEFAULT_MU = 0.1
+
+
+class SmoothMax(torch.autograd.Function):
+    """Autograd Function over the registered ops: ``value, weights = SmoothMax.apply(losses, mu)``.
+
+    Forward calls ``torch.ops.mimo_ext.smooth_max``; backward calls ``torch.ops.mimo_ext.smooth_max_backward``
+    (the gradient of ``value`` with respect to ``losses`` is ``weights``). ``weights`` is not differentiable.
+    """
+
+    @staticmethod
+    def forward(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.mimo_ext.smooth_max.default(losses, mu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, weights = output
+        ctx.mark_non_differentiable(weights)
+        ctx.save_for_backward(weights)
+
+    @staticmethod
+    def backward(ctx, grad_value: torch.Tensor, grad_weights: torch.Tensor | None):
+        (weights,) = ctx.saved_tensors
+        return ops.smooth_max_backward(grad_value, weights), None
+
+
+def mimo_loss(
+    f0: torch.Tensor,
+    uni_losses: Sequence[torch.Tensor] | torch.Tensor,
+    gamma: float = 1.0,
+    mu: float = DEFAULT_MU,
+) -> torch.Tensor:
+    """The MIMO training loss ``f0 + gamma * mu * log(sum_m exp(f_m / mu))``.
+
+    Its gradient is the MIMO direction ``grad f0 + gamma * sum_m w_m grad f_m`` with ``w = softmax(f / mu)``,
+    so one ``backward()`` trains a late-fusion model the MIMO way.
+
+    Args:
+        f0: the fusion loss, a scalar tensor.
+        uni_losses: the M >= 1 uni-modal losses, a sequence of scalar tensors or a 1-D tensor.
+        gamma: weight of the smoothed max, finite and >= 0.
+        mu: temperature, finite and > 0 (default :data:`DEFAULT_MU`).
+
+    Example:
+        >>> f0, f1, f2 = torch.tensor(0.5), torch.tensor(1.0), torch.tensor(0.2)
+        >>> round(mimo_loss(f0, [f1, f2], gamma=1.0, mu=0.1).item(), 4)
+        1.5
+    """
+    _check_hyperparameter(gamma, "gamma", lambda v: v >= 0, "finite and >= 0")
+    _check_hyperparameter(mu, "mu", lambda v: v > 0, "finite and > 0")
+    if not isinstance(f0, torch.Tensor) or f0.dim() != 0:
+        raise ValueError(f"f0 must be a scalar (0-dim) tensor, got {_describe(f0)}")
+    losses = _stack_losses(uni_losses)
+    value, _ = ops.smooth_max(losses, float(mu))
+    return f0 + gamma * value
+
+
+def _stack_losses(uni_losses: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    if isinstance(uni_losses, torch.Tensor):
+        if uni_losses.dim() != 1 or uni_losses.numel() == 0:
+            raise ValueError(f"uni_losses must be a non-empty 1-D tensor, got shape {tuple(uni_losses.shape)}")
+        return uni_losses
+    if not isinstance(uni_losses, Sequence) or len(uni_losses) == 0:
+        raise ValueError(f"uni_losses must be a non-empty sequence of scalar tensors, got {_describe(uni_losses)}")
+    for m, loss in enumerate(uni_losses):
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(f"uni_losses[{m}] must be a scalar (0-dim) tensor, got {_describe(loss)}")
+    return torch.stack(list(uni_losses))
+
+
+def _check_hyperparameter(value: float, name: str, ok, requirement: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be {requirement}, got {value}")
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return type(x).__name__

@@ -1,0 +1,125 @@
+"""Typed wrappers over the torch.ops.mimo_ext operators, their fake (meta) implementations and autograd.
+
+The schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda. Validation happens in C++ (one place,
+the same message on every device); the wrappers here only turn Python arguments into the schema's types.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["blend", "blend_", "smooth_max"]
+
+
+def smooth_max(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed maximum over the last dimension, and its softmax weights.
+
+    Args:
+        losses: tensor of shape ``[..., M]``, M >= 1; float32, float64, float16 or bfloat16 (half types are
+            computed in float32).
+        mu: temperature, finite and > 0. Small mu approaches the hard max, large mu the mean plus mu * log M.
+
+    Returns:
+        ``(value, weights)``: ``value = mu * logsumexp(losses / mu, -1)`` of shape ``[...]`` and
+        ``weights = softmax(losses / mu, -1)`` of shape ``[..., M]``, both in the dtype of ``losses``. ``value``
+        is differentiable with respect to ``losses`` (its gradient is ``weights``); ``weights`` is not.
+        A row holding NaN or +-Inf gives NaN for its value and all its weights.
+
+    Example:
+        >>> value, weights = smooth_max(torch.tensor([1.0, 2.0, 3.0]), mu=1.0)
+        >>> round(value.item(), 4), weights.argmax().item()
+        (3.4076, 2)
+    """
+    return torch.ops.mimo_ext.smooth_max.default(losses, _as_float(mu, "mu"))
+
+
+def blend(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Returns ``base + gamma * sum_k weights[k] * grads[k]`` over flattened buffers.
+
+    Args:
+        base: 1-D contiguous buffer, float32, float64, float16 or bfloat16 (half types are computed in float32).
+        grads: K >= 1 buffers of the dtype, device and length of ``base``.
+        weights: 1-D tensor of K floating-point values on the device of ``base``. It is read by the kernel, never
+            on the host, so the call does not synchronise and can be captured in a CUDA graph.
+        gamma: finite float.
+
+    Example:
+        >>> g0, g1 = torch.ones(3), torch.arange(3.0)
+        >>> blend(g0, [g1], torch.tensor([0.5]), gamma=2.0)
+        tensor([1., 2., 3.])
+    """
+    return torch.ops.mimo_ext.blend.default(base, _as_tensor_list(grads), weights, _as_float(gamma, "gamma"))
+
+
+def blend_(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    """In-place :func:`blend`: writes ``base + gamma * sum_k weights[k] * grads[k]`` into ``base``, returns it.
+
+    A ``grads`` buffer may be ``base`` itself, but not a view that partially overlaps it.
+    """
+    torch.ops.mimo_ext.blend_.default(base, _as_tensor_list(grads), weights, _as_float(gamma, "gamma"))
+    return base
+
+
+def _as_float(value: float, name: str) -> float:
+    # A tensor here would need a host synchronisation to become the schema's float: refuse it instead.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    return float(value)
+
+
+def _as_tensor_list(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence):
+        raise TypeError(f"grads must be a sequence of tensors, got {type(grads).__name__}")
+    for k, g in enumerate(grads):
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"grads[{k}] must be a tensor, got {type(g).__name__}")
+    return list(grads)
+
+
+# Fake implementations: shapes and dtypes only, for torch.compile and FakeTensor tracing.
+
+
+@torch.library.register_fake("mimo_ext::smooth_max")
+def _smooth_max_fake(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    torch._check(losses.dim() >= 1, lambda: "mimo_ext.smooth_max: losses must have at least 1 dimension")
+    return losses.new_empty(losses.shape[:-1]), torch.empty_like(losses, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("mimo_ext::blend")
+def _blend_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    return torch.empty_like(base)
+
+
+@torch.library.register_fake("mimo_ext::blend_")
+def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor, gamma: float) -> None:
+    return None
+
+
+# Autograd of smooth_max: d value / d losses = weights (the weights output has no gradient).
+
+
+def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``."""
+    if torch.is_grad_enabled() and grad_value.requires_grad:
+        # The saved weights depend on the losses too, and that term is not modelled: refuse rather than give a
+        # silently wrong second derivative.
+        raise RuntimeError("mimo_ext.smooth_max supports first-order gradients only (no create_graph=True)")
+    return torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
+
+
+def _smooth_max_setup_context(ctx, inputs, output) -> None:
+    _, weights = output
+    ctx.save_for_backward(weights)
+
+
+def _smooth_max_autograd_backward(ctx, grad_value, grad_weights):
+    (weights,) = ctx.saved_tensors
+    return smooth_max_backward(grad_value, weights), None
+
+
+torch.library.register_autograd(
+    "mimo_ext::smooth_max", _smooth_max_autograd_backward, setup_context=_smooth_max_setup_context
+)
