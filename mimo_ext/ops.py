@@ -88,13 +88,25 @@ def _smooth_max_fake(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, tor
     return losses.new_empty(losses.shape[:-1]), torch.empty_like(losses, memory_format=torch.contiguous_format)
 
 
+def _check_blend_devices(op: str, base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor) -> None:
+    # The C++ kernels check everything; this check is repeated here because the dispatcher sends a call that mixes
+    # meta tensors with real ones to this fake implementation, where it would otherwise pass unnoticed.
+    for k, g in enumerate(grads):
+        if g.device != base.device:
+            raise ValueError(f"{op}: grads[{k}] must be on the device of base ({base.device}), got {g.device}")
+    if weights.device != base.device:
+        raise ValueError(f"{op}: weights must be on the device of base ({base.device}), got {weights.device}")
+
+
 @torch.library.register_fake("mimo_ext::blend")
 def _blend_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    _check_blend_devices("mimo_ext.blend", base, grads, weights)
     return torch.empty_like(base)
 
 
 @torch.library.register_fake("mimo_ext::blend_")
 def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor, gamma: float) -> None:
+    _check_blend_devices("mimo_ext.blend_", base, grads, weights)
     return None
 
 
@@ -102,16 +114,26 @@ def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: 
 
 
 def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``."""
-    if torch.is_grad_enabled() and grad_value.requires_grad:
-        # The saved weights depend on the losses too, and that term is not modelled: refuse rather than give a
-        # silently wrong second derivative.
-        raise RuntimeError("mimo_ext.smooth_max supports first-order gradients only (no create_graph=True)")
-    return torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
+    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``.
+
+    First order only: the saved weights depend on the losses too, and that term is not modelled, so a second
+    derivative through it raises (as ``torch.autograd.function.once_differentiable`` does) rather than being
+    silently wrong.
+    """
+    with torch.no_grad():
+        grad = torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
+    if torch.is_grad_enabled():
+        # create_graph=True: the result may take part in a further backward; make that backward fail clearly.
+        delayed_error = torch._C._functions.DelayedError(
+            "mimo_ext.smooth_max supports first-order gradients only (no double backward)", 1
+        )
+        grad = delayed_error(grad.detach().requires_grad_())
+    return grad
 
 
 def _smooth_max_setup_context(ctx, inputs, output) -> None:
     _, weights = output
+    ctx.mark_non_differentiable(weights)
     ctx.save_for_backward(weights)
 
 

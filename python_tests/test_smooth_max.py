@@ -1,0 +1,158 @@
+"""mimo_ext.smooth_max and SmoothMax against the float64 plain-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import FLOAT_DTYPES, assert_matches_reference, smooth_max_reference
+
+import mimo_ext
+
+SHAPES = [(1,), (3,), (7,), (5, 1), (4, 3), (2, 3, 6), (0, 3), (3, 33), (2, 1000)]
+
+
+def random_losses(shape, dtype, device, scale=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # Rounded to the storage dtype first: the reference then sees exactly what the kernel sees.
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def check_against_reference(losses: torch.Tensor, mu: float) -> None:
+    value, weights = mimo_ext.smooth_max(losses, mu)
+    ref_value, ref_weights = smooth_max_reference(losses, mu)
+    assert value.dtype == losses.dtype and weights.dtype == losses.dtype
+    assert value.device == losses.device and weights.device == losses.device
+    magnitude = losses.detach().abs().max().item() if losses.numel() else 0.0
+    # value = m + mu * log(sum): error scales with |m| and with mu * log M.
+    assert_matches_reference(value, ref_value, scale=magnitude + mu * 8, terms=8)
+    assert_matches_reference(weights, ref_weights, scale=1.0, terms=8 + losses.shape[-1])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(device, dtype, shape):
+    for mu in (0.1, 1.0, 7.5):
+        check_against_reference(random_losses(shape, dtype, device), mu)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("scale, mu", [(1e4, 1.0), (1e4, 1e-3), (3e4, 1e-6), (1.0, 1e-4)])
+def test_large_ratio_does_not_overflow(device, dtype, scale, mu):
+    # |l / mu| up to 3e10: a naive exp(l / mu) overflows in every dtype. (Scale kept inside float16's range.)
+    losses = random_losses((6, 5), dtype, device, scale=min(scale, torch.finfo(dtype).max / 8))
+    value, weights = mimo_ext.smooth_max(losses, mu)
+    assert torch.isfinite(value).all() and torch.isfinite(weights).all()
+    check_against_reference(losses, mu)
+
+
+def test_non_contiguous_input(device):
+    losses = random_losses((5, 8), torch.float32, device)[:, ::2]
+    assert not losses.is_contiguous()
+    check_against_reference(losses, 0.3)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_single_modality_is_identity(device, dtype):
+    losses = random_losses((4, 1), dtype, device)
+    value, weights = mimo_ext.smooth_max(losses, 0.5)
+    assert torch.equal(value, losses[:, 0])
+    assert torch.equal(weights, torch.ones_like(losses))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_tiny_mu_gives_hard_max_with_ties_shared(device, dtype):
+    losses = torch.tensor([[0.5, 2.0, 2.0, -1.0], [3.0, 1.0, 0.0, 2.0]], dtype=dtype, device=device)
+    # 1e-60 underflows to 0 in float32 math: the kernels must still give the limit, not 0 / 0.
+    for mu in (1e-30, 1e-60):
+        value, weights = mimo_ext.smooth_max(losses, mu)
+        assert torch.equal(value.cpu(), torch.tensor([2.0, 3.0], dtype=dtype))
+        expected = torch.tensor([[0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=dtype)
+        assert torch.equal(weights.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_huge_mu_gives_uniform_weights(device, dtype):
+    losses = random_losses((3, 4), dtype, device)
+    _, weights = mimo_ext.smooth_max(losses, 1e30)
+    assert torch.allclose(weights.double().cpu(), torch.full((3, 4), 0.25, dtype=torch.float64))
+    # A finite double mu beyond float32's range is clamped, not turned into Inf (M = 1: value stays finite).
+    value, _ = mimo_ext.smooth_max(losses[:, :1], 1e300)
+    assert torch.equal(value, losses[:, 0])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_loss_makes_its_row_nan(device, dtype, bad):
+    losses = random_losses((3, 4), dtype, device)
+    losses[1, 2] = bad
+    value, weights = mimo_ext.smooth_max(losses, 0.5)
+    assert value[1].isnan() and weights[1].isnan().all()
+    # Other rows are untouched by the bad one.
+    check_against_reference(losses[[0, 2]], 0.5)
+    assert torch.equal(value[[0, 2]], mimo_ext.smooth_max(losses[[0, 2]], 0.5)[0])
+
+
+def test_weights_sum_to_one(device):
+    losses = random_losses((64, 6), torch.float32, device, scale=3.0)
+    _, weights = mimo_ext.smooth_max(losses, 0.2)
+    assert torch.allclose(weights.sum(-1), torch.ones(64, device=device), atol=1e-6)
+
+
+@pytest.mark.parametrize("mu", [0.3, 2.0])
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 2, 40)], ids=str)
+def test_gradcheck(device, mu, shape):
+    losses = random_losses(shape, torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda l: mimo_ext.smooth_max(l, mu)[0], (losses,))
+    assert torch.autograd.gradcheck(lambda l: mimo_ext.SmoothMax.apply(l, mu)[0], (losses,))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("entry", ["smooth_max", "SmoothMax"])
+def test_gradient_is_weights_times_upstream(device, dtype, entry):
+    losses = random_losses((4, 3), dtype, device).requires_grad_()
+    upstream = random_losses((4,), dtype, device, seed=1)
+    forward = mimo_ext.smooth_max if entry == "smooth_max" else mimo_ext.SmoothMax.apply
+    value, weights = forward(losses, 0.4)
+    assert not weights.requires_grad
+    (grad,) = torch.autograd.grad(value, losses, upstream)
+    _, ref_weights = smooth_max_reference(losses, 0.4)
+    expected = ref_weights * upstream.double().cpu()[:, None]
+    assert grad.dtype == dtype
+    assert_matches_reference(grad, expected, scale=upstream.abs().max().item(), terms=16)
+
+
+def test_second_derivative_is_refused(device):
+    losses = random_losses((3,), torch.float64, device).requires_grad_()
+    value, _ = mimo_ext.smooth_max(losses, 0.5)
+    (grad,) = torch.autograd.grad(value, losses, create_graph=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_opcheck(device, dtype):
+    losses = random_losses((3, 4), dtype, device)
+    torch.library.opcheck(torch.ops.mimo_ext.smooth_max.default, (losses, 0.5))
+    torch.library.opcheck(torch.ops.mimo_ext.smooth_max.default, (losses.clone().requires_grad_(), 0.5))
+    weights = mimo_ext.smooth_max(losses, 0.5)[1]
+    torch.library.opcheck(torch.ops.mimo_ext.smooth_max_backward.default, (losses[:, 0].clone(), weights))
+
+
+@pytest.mark.parametrize(
+    "losses, mu, error, match",
+    [
+        (torch.zeros(3), 0.0, ValueError, "mu must be finite and > 0"),
+        (torch.zeros(3), -1.0, ValueError, "mu must be finite and > 0"),
+        (torch.zeros(3), float("nan"), ValueError, "mu must be finite and > 0"),
+        (torch.zeros(3), float("inf"), ValueError, "mu must be finite and > 0"),
+        (torch.zeros(3, dtype=torch.int64), 1.0, TypeError, "losses must be float32, float64, float16 or bfloat16"),
+        (torch.zeros(3, dtype=torch.bool), 1.0, TypeError, "losses must be float32"),
+        (torch.tensor(1.0), 1.0, ValueError, "losses must have at least 1 dimension"),
+        (torch.zeros(2, 0), 1.0, ValueError, "losses must have M >= 1"),
+        (torch.zeros(3), torch.tensor(1.0), TypeError, "mu must be a Python float"),
+    ],
+    ids=["mu=0", "mu<0", "mu=nan", "mu=inf", "int64", "bool", "0-dim", "M=0", "tensor-mu"],
+)
+def test_bad_input(device, losses, mu, error, match):
+    with pytest.raises(error, match=match):
+        mimo_ext.smooth_max(losses.to(device), mu)
