@@ -21,7 +21,7 @@ def load() -> None:
     try:
         from . import _build_info
     except ImportError as error:
-        raise ImportError(f"mimo_ext: {here}/_build_info.py is missing, so the build is incomplete. {_REBUILD}") from error
+        raise ImportError(f"mimo_ext: {here}/_build_info.py is missing: the build is incomplete. {_REBUILD}") from error
     if _build_info.TORCH_VERSION != torch.__version__:
         raise ImportError(
             f"mimo_ext was built against torch {_build_info.TORCH_VERSION} but torch {torch.__version__} is "

@@ -56,5 +56,3 @@ def assert_matches_reference(actual: torch.Tensor, reference: torch.Tensor, scal
     tolerance = 2 * rounding + terms * accumulation_eps(actual.dtype) * scale
     error = (got - ref)[finite].abs().max().item()
     assert error <= tolerance, f"max error {error:.3e} exceeds tolerance {tolerance:.3e} ({actual.dtype})"
-
-

@@ -118,59 +118,66 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(torch.ops.mimo_ext.blend_.default, (base.clone(), grads, weights, 0.5))
 
 
-def _bad_inputs(device):
-    """(id, call, error type, message fragment); each call gets fresh buffers from `make`."""
-    other = "meta"  # a device that is not `device` and needs no GPU
+OTHER_DEVICE = "meta"  # a device unlike the test's, that needs no GPU
 
-    def make(n=10, k=2, dtype=torch.float32):
-        return random_buffers(n, k, dtype, device)
-
-    cases = []
-
-    def case(name, error, match, build):
-        cases.append(pytest.param(build, error, match, id=name))
-
-    case("gamma-nan", ValueError, "gamma must be finite", lambda b, g, w: (b, g, w, float("nan")))
-    case("gamma-inf", ValueError, "gamma must be finite", lambda b, g, w: (b, g, w, float("inf")))
-    case("gamma-tensor", TypeError, "gamma must be a Python float", lambda b, g, w: (b, g, w, torch.tensor(1.0)))
-    case("weights-short", ValueError, r"weights must be 1-D with one entry per grads buffer \(2\)",
-         lambda b, g, w: (b, g, w[:1], 1.0))
-    case("weights-2d", ValueError, "weights must be 1-D", lambda b, g, w: (b, g, w.view(1, 2), 1.0))
-    case("weights-int", TypeError, "weights must be a floating-point tensor",
-         lambda b, g, w: (b, g, w.long(), 1.0))
-    case("weights-device", ValueError, "weights must be on the device of base",
-         lambda b, g, w: (b, g, w.to(other), 1.0))
-    case("grads-empty", ValueError, "grads must hold at least one buffer", lambda b, g, w: (b, [], w[:0], 1.0))
-    case("grads-tensor", TypeError, "grads must be a sequence of tensors", lambda b, g, w: (b, g[0], w, 1.0))
-    case("grads-item", TypeError, r"grads\[1\] must be a tensor", lambda b, g, w: (b, [g[0], 1.0], w, 1.0))
-    case("grads-length", ValueError, r"grads\[1\] must have the length of base \(10\), got 9",
-         lambda b, g, w: (b, [g[0], g[1][:9]], w, 1.0))
-    case("grads-dtype", TypeError, r"grads\[0\] must have the dtype of base",
-         lambda b, g, w: (b, [g[0].double(), g[1]], w, 1.0))
-    case("grads-device", ValueError, r"grads\[1\] must be on the device of base",
-         lambda b, g, w: (b, [g[0], g[1].to(other)], w, 1.0))
-    case("grads-2d", ValueError, r"grads\[0\] must be a 1-D buffer",
-         lambda b, g, w: (b, [g[0].view(2, 5), g[1]], w, 1.0))
-    case("grads-strided", ValueError, r"grads\[1\] must be contiguous",
-         lambda b, g, w: (b, [g[0], torch.cat([g[1], g[1]])[::2]], w, 1.0))
-    case("base-int", TypeError, "base must be float32, float64, float16 or bfloat16",
-         lambda b, g, w: (b.int(), [x.int() for x in g], w, 1.0))
-    case("base-2d", ValueError, "base must be a 1-D buffer",
-         lambda b, g, w: (b.view(2, 5), g, w, 1.0))
-    case("base-strided", ValueError, "base must be contiguous",
-         lambda b, g, w: (torch.cat([b, b])[::2], g, w, 1.0))
-    return cases
+# (id, error type, message fragment, builder): each builder turns fresh (base, grads, weights), 10 elements and
+# K = 2, into the bad arguments of one call.
+BAD_INPUTS = [
+    ("gamma-nan", ValueError, "gamma must be finite", lambda b, g, w: (b, g, w, float("nan"))),
+    ("gamma-inf", ValueError, "gamma must be finite", lambda b, g, w: (b, g, w, float("inf"))),
+    ("gamma-tensor", TypeError, "gamma must be a Python float", lambda b, g, w: (b, g, w, torch.tensor(1.0))),
+    ("weights-short", ValueError, r"one entry per grads buffer \(2\)", lambda b, g, w: (b, g, w[:1], 1.0)),
+    ("weights-2d", ValueError, "weights must be 1-D", lambda b, g, w: (b, g, w.view(1, 2), 1.0)),
+    ("weights-int", TypeError, "weights must be a floating-point", lambda b, g, w: (b, g, w.long(), 1.0)),
+    ("weights-device", ValueError, "weights must be on the device", lambda b, g, w: (b, g, w.to(OTHER_DEVICE), 1.0)),
+    ("grads-empty", ValueError, "grads must hold at least one", lambda b, g, w: (b, [], w[:0], 1.0)),
+    ("grads-tensor", TypeError, "grads must be a sequence of tensors", lambda b, g, w: (b, g[0], w, 1.0)),
+    ("grads-item", TypeError, r"grads\[1\] must be a tensor", lambda b, g, w: (b, [g[0], 1.0], w, 1.0)),
+    (
+        "grads-length",
+        ValueError,
+        r"grads\[1\] must have the length of base \(10\), got 9",
+        lambda b, g, w: (b, [g[0], g[1][:9]], w, 1.0),
+    ),
+    (
+        "grads-dtype",
+        TypeError,
+        r"grads\[0\] must have the dtype of base",
+        lambda b, g, w: (b, [g[0].double(), g[1]], w, 1.0),
+    ),
+    (
+        "grads-device",
+        ValueError,
+        r"grads\[1\] must be on the device of base",
+        lambda b, g, w: (b, [g[0], g[1].to(OTHER_DEVICE)], w, 1.0),
+    ),
+    ("grads-2d", ValueError, r"grads\[0\] must be a 1-D buffer", lambda b, g, w: (b, [g[0].view(2, 5), g[1]], w, 1.0)),
+    (
+        "grads-strided",
+        ValueError,
+        r"grads\[1\] must be contiguous",
+        lambda b, g, w: (b, [g[0], torch.cat([g[1], g[1]])[::2]], w, 1.0),
+    ),
+    (
+        "base-int",
+        TypeError,
+        "base must be float32, float64, float16 or bfloat16",
+        lambda b, g, w: (b.int(), [x.int() for x in g], w, 1.0),
+    ),
+    ("base-2d", ValueError, "base must be a 1-D buffer", lambda b, g, w: (b.view(2, 5), g, w, 1.0)),
+    ("base-strided", ValueError, "base must be contiguous", lambda b, g, w: (torch.cat([b, b])[::2], g, w, 1.0)),
+]
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["blend", "blend_"])
-@pytest.mark.parametrize("build, error, match", _bad_inputs("cpu"))
-def test_bad_input_is_rejected_before_any_write(device, in_place, build, error, match):
+@pytest.mark.parametrize("error, match, build", [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS])
+def test_bad_input_is_rejected_before_any_write(device, in_place, error, match, build):
     base, grads, weights = random_buffers(10, 2, torch.float32, device)
     args = build(base, grads, weights)
     snapshot = [t.clone() for t in [base, *grads, weights]]
     with pytest.raises(error, match=match):
         (mimo_ext.blend_ if in_place else mimo_ext.blend)(*args)
-    for before, after in zip(snapshot, [base, *grads, weights]):
+    for before, after in zip(snapshot, [base, *grads, weights], strict=True):
         assert torch.equal(before, after)
 
 

@@ -37,7 +37,7 @@ def test_compiled_training_step_matches_eager(device):
     eager_losses = train(eager_model, loss_fn)
     compiled_losses = train(compiled_model, torch.compile(loss_fn, fullgraph=True))
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
-    for p_compiled, p_eager in zip(compiled_model.parameters(), eager_model.parameters()):
+    for p_compiled, p_eager in zip(compiled_model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p_compiled, p_eager, rtol=1e-5, atol=1e-6)
 
 

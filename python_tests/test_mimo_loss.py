@@ -21,8 +21,8 @@ class TinyLateFusion(nn.Module):
         self.fusion = nn.Linear(features * len(dims), classes)
 
     def forward(self, inputs):
-        features = [encoder(x) for encoder, x in zip(self.encoders, inputs)]
-        return self.fusion(torch.cat(features, dim=-1)), [head(f) for head, f in zip(self.heads, features)]
+        features = [encoder(x) for encoder, x in zip(self.encoders, inputs, strict=True)]
+        return self.fusion(torch.cat(features, dim=-1)), [head(f) for head, f in zip(self.heads, features, strict=True)]
 
 
 def batch(dtype, device, n=6, dims=(5, 3), seed=0):
@@ -97,8 +97,18 @@ def test_nan_loss_propagates(device):
         ({"uni_losses": torch.zeros(2, 2)}, ValueError, "uni_losses must be a non-empty 1-D tensor"),
         ({"uni_losses": 1.0}, ValueError, "uni_losses must be a non-empty sequence"),
     ],
-    ids=["mu=0", "mu=nan", "gamma<0", "gamma=inf", "gamma-tensor", "f0-vector", "no-losses", "loss-vector",
-         "losses-2d", "losses-float"],
+    ids=[
+        "mu=0",
+        "mu=nan",
+        "gamma<0",
+        "gamma=inf",
+        "gamma-tensor",
+        "f0-vector",
+        "no-losses",
+        "loss-vector",
+        "losses-2d",
+        "losses-float",
+    ],
 )
 def test_bad_input(kwargs, error, match):
     args = {"f0": torch.tensor(0.0), "uni_losses": [torch.tensor(1.0), torch.tensor(2.0)]} | kwargs

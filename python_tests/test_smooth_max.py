@@ -102,8 +102,8 @@ def test_weights_sum_to_one(device):
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 2, 40)], ids=str)
 def test_gradcheck(device, mu, shape):
     losses = random_losses(shape, torch.float64, device).requires_grad_()
-    assert torch.autograd.gradcheck(lambda l: mimo_ext.smooth_max(l, mu)[0], (losses,))
-    assert torch.autograd.gradcheck(lambda l: mimo_ext.SmoothMax.apply(l, mu)[0], (losses,))
+    assert torch.autograd.gradcheck(lambda x: mimo_ext.smooth_max(x, mu)[0], (losses,))
+    assert torch.autograd.gradcheck(lambda x: mimo_ext.SmoothMax.apply(x, mu)[0], (losses,))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

