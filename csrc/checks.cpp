@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 namespace mimo_ext {
 namespace {
@@ -65,6 +66,104 @@ void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Te
   // The weights are read by the kernel itself, never on the host: they must live where the buffers live.
   TORCH_CHECK_VALUE(weights.device() == base.device(), op, ": weights must be on the device of base (",
                     base.device(), "), got ", weights.device());
+}
+
+namespace {
+
+void check_single_value(const char* op, const char* name, const at::Tensor& t, const at::Tensor& param) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.numel() == 1, op, ": ", name, " must hold a single value, got shape ", t.sizes());
+  // Read by the kernel on the device, never on the host (no synchronisation, CUDA-graph capturable).
+  TORCH_CHECK_VALUE(t.device() == param.device(), op, ": ", name, " must be on the device of param (",
+                    param.device(), "), got ", t.device());
+}
+
+void check_like_param(const char* op, const std::string& name, const at::Tensor& t, const at::Tensor& param) {
+  TORCH_CHECK_TYPE(t.scalar_type() == param.scalar_type(), op, ": ", name, " must have the dtype of param (",
+                   param.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == param.device(), op, ": ", name, " must be on the device of param (",
+                    param.device(), "), got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 1, op, ": ", name, " must be a 1-D buffer, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.numel() == param.numel(), op, ": ", name, " must have the length of param (", param.numel(),
+                    "), got ", t.numel());
+  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
+}
+
+bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+}
+
+}  // namespace
+
+void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
+                        at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
+                        const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& found_inf) {
+  TORCH_CHECK_TYPE(is_supported_float(param.scalar_type()), op,
+                   ": param must be float32, float64, float16 or bfloat16, got ", param.scalar_type());
+  TORCH_CHECK_VALUE(param.dim() == 1, op, ": param must be a 1-D buffer, got shape ", param.sizes());
+  TORCH_CHECK_VALUE(param.is_contiguous(), op, ": param must be contiguous, got strides ", param.strides());
+  for (size_t s = 0; s < states.size(); ++s) {
+    const at::Tensor& t = *states[s].tensor;
+    check_like_param(op, states[s].name, t, param);
+    TORCH_CHECK_VALUE(!overlaps(t, param), op, ": ", states[s].name, " overlaps param");
+    for (size_t r = 0; r < s; ++r) {
+      TORCH_CHECK_VALUE(!overlaps(t, *states[r].tensor), op, ": ", states[s].name, " overlaps ", states[r].name);
+    }
+  }
+  TORCH_CHECK_VALUE(!grads.empty(), op, ": grads must hold at least one buffer, got an empty list");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
+                    kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
+                    " modalities), got ", grads.size());
+  for (size_t k = 0; k < grads.size(); ++k) {
+    const std::string name = "grads[" + std::to_string(k) + "]";
+    check_like_param(op, name, grads[k], param);
+    // Read while param and state are written: sharing memory with them would make the result depend on order.
+    TORCH_CHECK_VALUE(!overlaps(grads[k], param), op, ": ", name, " overlaps param, which is written in place");
+    for (const NamedBuffer& state : states) {
+      TORCH_CHECK_VALUE(!overlaps(grads[k], *state.tensor), op, ": ", name, " overlaps ", state.name,
+                        ", which is written in place");
+    }
+  }
+  TORCH_CHECK_TYPE(is_supported_float(coefficients.scalar_type()), op,
+                   ": coefficients must be a floating-point tensor, got ", coefficients.scalar_type());
+  TORCH_CHECK_VALUE(coefficients.dim() == 1 && coefficients.numel() == static_cast<int64_t>(grads.size()), op,
+                    ": coefficients must be 1-D with one entry per grads buffer (", grads.size(), "), got shape ",
+                    coefficients.sizes());
+  TORCH_CHECK_VALUE(coefficients.device() == param.device(), op, ": coefficients must be on the device of param (",
+                    param.device(), "), got ", coefficients.device());
+  check_single_value(op, "lr", lr, param);
+  TORCH_CHECK_TYPE(step.scalar_type() == at::kFloat, op, ": step must be a float32 tensor, got ", step.scalar_type());
+  check_single_value(op, "step", step, param);
+  if (grad_scale.has_value()) {
+    check_single_value(op, "grad_scale", *grad_scale, param);
+  }
+  if (found_inf.has_value()) {
+    check_single_value(op, "found_inf", *found_inf, param);
+  }
+}
+
+void check_sgd_hyperparameters(double weight_decay, double momentum, double dampening, bool nesterov) {
+  const char* op = "mimo_ext.sgd_step_";
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0, op,
+                    ": weight_decay must be finite and >= 0, got ", weight_decay);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0, op, ": momentum must be finite and >= 0, got ",
+                    momentum);
+  TORCH_CHECK_VALUE(std::isfinite(dampening), op, ": dampening must be finite, got ", dampening);
+  TORCH_CHECK_VALUE(!nesterov || (momentum > 0 && dampening == 0), op,
+                    ": nesterov requires momentum > 0 and dampening == 0, got momentum ", momentum,
+                    " and dampening ", dampening);
+}
+
+void check_adamw_hyperparameters(double beta1, double beta2, double eps, double weight_decay) {
+  const char* op = "mimo_ext.adamw_step_";
+  TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1, op, ": beta1 must be in [0, 1), got ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0 && beta2 < 1, op, ": beta2 must be in [0, 1), got ", beta2);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(weight_decay) && weight_decay >= 0, op,
+                    ": weight_decay must be finite and >= 0, got ", weight_decay);
 }
 
 template <typename acc_t>

@@ -4,6 +4,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+#include <vector>
+
 namespace mimo_ext {
 
 void check_smooth_max_args(const at::Tensor& losses, double mu);
@@ -13,6 +16,28 @@ void check_smooth_max_backward_args(const at::Tensor& grad_value, const at::Tens
 // in_place: base is also the output, so no grads buffer may partially overlap it.
 void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Tensor& weights, double gamma,
                       bool in_place);
+
+// A named optimizer state buffer, for messages ("exp_avg must ...").
+struct NamedBuffer {
+  const char* name;
+  const at::Tensor* tensor;
+};
+
+// The buffers and per-step tensors of a fused optimizer step (sgd_step_, adamw_step_): param and every state
+// buffer in use 1-D, contiguous, of one dtype, device and length, overlapping nothing; 1..kMaxStepGrads grads
+// like param, overlapping neither param nor state; coefficients 1-D with one value per grads buffer; lr, step,
+// grad_scale and found_inf single values; every tensor on param's device.
+void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
+                        at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
+                        const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& found_inf);
+
+void check_sgd_hyperparameters(double weight_decay, double momentum, double dampening, bool nesterov);
+
+void check_adamw_hyperparameters(double beta1, double beta2, double eps, double weight_decay);
+
+// Gradient buffers one fused step reads (their pointers travel in the CUDA kernel's parameters).
+constexpr int64_t kMaxStepGrads = 16;
 
 // The smooth-max temperature as the kernels use it: mu clamped to acc_t's largest finite value, so that a finite
 // double mu never becomes Inf in float math (it may underflow to 0: the kernels then give the hard max).

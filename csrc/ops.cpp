@@ -11,4 +11,18 @@ TORCH_LIBRARY(mimo_ext, m) {
   m.def("blend(Tensor base, Tensor[] grads, Tensor weights, float gamma) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("blend_(Tensor(a!) base, Tensor[] grads, Tensor weights, float gamma) -> ()",
         {at::Tag::pt2_compliant_tag});
+  // Fused MIMO optimizer steps over one flat parameter buffer and its flat state (csrc/optim_math.h): blend
+  // g = sum_k coefficients[k] * grads[k] / grad_scale, update param and state in place, then step += 1 (unless
+  // found_inf is set, in which case nothing is written). Returns the gradient statistics when compute_stats
+  // ([|g_k|^2 for each k, <g_0, g_k> for k >= 1, |g|^2]), else an empty tensor. State buffers that the options
+  // do not use (momentum_buffer when momentum == 0, max_exp_avg_sq without amsgrad) are neither read nor written.
+  m.def("sgd_step_(Tensor(a!) param, Tensor(b!) momentum_buffer, Tensor[] grads, Tensor coefficients, Tensor lr, "
+        "Tensor(c!) step, Tensor? grad_scale, Tensor? found_inf, float weight_decay, float momentum, "
+        "float dampening, bool nesterov, bool maximize, bool compute_stats) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("adamw_step_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) max_exp_avg_sq, "
+        "Tensor[] grads, Tensor coefficients, Tensor lr, Tensor(e!) step, Tensor? grad_scale, Tensor? found_inf, "
+        "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
+        "bool compute_stats) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }

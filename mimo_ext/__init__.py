@@ -8,8 +8,9 @@ from ._library import load as _load
 
 _load()
 
+from . import optim  # noqa: E402
 from .objective import DEFAULT_MU, SmoothMax, mimo_loss  # noqa: E402
 from .ops import blend, blend_, smooth_max  # noqa: E402
 
-__all__ = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "smooth_max"]
+__all__ = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "optim", "smooth_max"]
 __version__ = "0.1.0"

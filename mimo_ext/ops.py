@@ -110,6 +110,54 @@ def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: 
     return None
 
 
+def _step_stats_fake(param: torch.Tensor, grads: list[torch.Tensor], compute_stats: bool) -> torch.Tensor:
+    acc = torch.float64 if param.dtype == torch.float64 else torch.float32
+    return param.new_empty(2 * len(grads) if compute_stats else 0, dtype=acc)
+
+
+@torch.library.register_fake("mimo_ext::sgd_step_")
+def _sgd_step_fake(
+    param,
+    momentum_buffer,
+    grads,
+    coefficients,
+    lr,
+    step,
+    grad_scale,
+    found_inf,
+    weight_decay,
+    momentum,
+    dampening,
+    nesterov,
+    maximize,
+    compute_stats,
+) -> torch.Tensor:
+    return _step_stats_fake(param, grads, compute_stats)
+
+
+@torch.library.register_fake("mimo_ext::adamw_step_")
+def _adamw_step_fake(
+    param,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    grads,
+    coefficients,
+    lr,
+    step,
+    grad_scale,
+    found_inf,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    amsgrad,
+    maximize,
+    compute_stats,
+) -> torch.Tensor:
+    return _step_stats_fake(param, grads, compute_stats)
+
+
 # Autograd of smooth_max: d value / d losses = weights (the weights output has no gradient).
 
 

@@ -14,7 +14,7 @@ import mimo_ext
 import mimo_ext.objective
 import mimo_ext.ops
 
-PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "smooth_max"]
+PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "optim", "smooth_max"]
 
 
 def test_public_names():
@@ -23,7 +23,9 @@ def test_public_names():
         assert getattr(mimo_ext, name) is not None
 
 
-@pytest.mark.parametrize("module", [mimo_ext.ops, mimo_ext.objective], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
     results = doctest.testmod(module, extraglobs={"torch": __import__("torch")})
     assert results.attempted > 0 and results.failed == 0

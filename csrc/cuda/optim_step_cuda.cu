@@ -1,0 +1,218 @@
+// CUDA kernels of mimo_ext::sgd_step_ and mimo_ext::adamw_step_: one pass over the flat buffers. Grid-stride
+// loop in which each thread takes one 16-byte vector of the parameter, of every state buffer and of every
+// gradient buffer per step (falling back to one element when any buffer is not 16-byte aligned), blends the
+// gradients, applies the update and stores parameter and state once. lr, the step count, the coefficients and
+// found_inf are read on the device, so the launch needs no host synchronisation and can be captured in a CUDA
+// graph. The optional statistics are reduced per block (warp shuffles, then shared memory) into per-block
+// partials, summed afterwards in a fixed order: no atomics, so the results are reproducible.
+#include "../blend_math.h"
+#include "../step_entry.h"
+#include "launch_utils.cuh"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace mimo_ext {
+namespace {
+
+constexpr int kMaxStats = 2 * static_cast<int>(kMaxStepGrads);
+constexpr int kWarps = cuda::kThreadsPerBlock / 32;
+
+template <typename scalar_t>
+struct StepPtrs {
+  scalar_t* param;
+  scalar_t* states[math::kMaxStates];
+  const scalar_t* grads[kMaxStepGrads];
+  int num_states;
+  int num_grads;
+};
+
+template <typename acc_t>
+struct StepScalars {
+  const acc_t* coefficients;
+  const acc_t* lr;
+  const float* step;
+  const acc_t* found_inf;  // nullptr when not given
+};
+
+// Blends and updates kWidth consecutive elements starting at element `first` (kWidth > 1: one aligned vector of
+// each buffer). Adds the element's contributions to the thread's statistics when kStats.
+template <int kWidth, bool kStats, typename scalar_t, typename acc_t, typename Update>
+__device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const acc_t* coefficients,
+                                              const Update& update, const typename Update::PerStep& per_step,
+                                              int64_t first, acc_t* stats) {
+  using VecT = cuda::Vec<scalar_t, kWidth>;
+  acc_t g[kWidth];
+  acc_t g0[kWidth];
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) {
+    g[j] = acc_t(0);
+  }
+  for (int k = 0; k < p.num_grads; ++k) {
+    const VecT gk = *reinterpret_cast<const VecT*>(p.grads[k] + first);
+    const acc_t c = coefficients[k];
+#pragma unroll
+    for (int j = 0; j < kWidth; ++j) {
+      g[j] = math::blend_accumulate(g[j], c, gk.val[j]);
+      if constexpr (kStats) {
+        const acc_t v = static_cast<acc_t>(gk.val[j]);
+        stats[k] += v * v;
+        if (k == 0) {
+          g0[j] = v;
+        } else {
+          stats[p.num_grads + k - 1] += g0[j] * v;
+        }
+      }
+    }
+  }
+  if constexpr (kStats) {
+#pragma unroll
+    for (int j = 0; j < kWidth; ++j) {
+      stats[2 * p.num_grads - 1] += g[j] * g[j];
+    }
+  }
+  VecT param = *reinterpret_cast<const VecT*>(p.param + first);
+  VecT states[math::kMaxStates];
+  for (int s = 0; s < p.num_states; ++s) {
+    states[s] = *reinterpret_cast<const VecT*>(p.states[s] + first);
+  }
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) {
+    acc_t value = static_cast<acc_t>(param.val[j]);
+    acc_t st[math::kMaxStates];
+    for (int s = 0; s < p.num_states; ++s) {
+      st[s] = static_cast<acc_t>(states[s].val[j]);
+    }
+    update(per_step, value, st, g[j]);
+    param.val[j] = static_cast<scalar_t>(value);
+    for (int s = 0; s < p.num_states; ++s) {
+      states[s].val[j] = static_cast<scalar_t>(st[s]);
+    }
+  }
+  *reinterpret_cast<VecT*>(p.param + first) = param;
+  for (int s = 0; s < p.num_states; ++s) {
+    *reinterpret_cast<VecT*>(p.states[s] + first) = states[s];
+  }
+}
+
+template <typename scalar_t, typename acc_t, int kVec, bool kStats, typename Update>
+__global__ void __launch_bounds__(cuda::kThreadsPerBlock)
+    step_kernel(StepPtrs<scalar_t> p, StepScalars<acc_t> scalars, Update update, int64_t n, acc_t* partials) {
+  if (scalars.found_inf != nullptr && *scalars.found_inf != acc_t(0)) {
+    return;  // a skipped step writes nothing (the partials stay zero); uniform over the grid
+  }
+  const auto per_step = update.prepare(*scalars.lr, *scalars.step);
+  acc_t stats[kStats ? kMaxStats : 1];
+  if constexpr (kStats) {
+    for (int s = 0; s < 2 * p.num_grads; ++s) {
+      stats[s] = acc_t(0);
+    }
+  }
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const int64_t tid = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t n_vec = n / kVec;
+  for (int64_t v = tid; v < n_vec; v += stride) {
+    step_elements<kVec, kStats>(p, scalars.coefficients, update, per_step, v * kVec, stats);
+  }
+  // Tail: the last n % kVec elements, one per thread.
+  const int64_t i = n_vec * kVec + tid;
+  if (i < n) {
+    step_elements<1, kStats>(p, scalars.coefficients, update, per_step, i, stats);
+  }
+  if constexpr (kStats) {
+    __shared__ acc_t warp_sums[kWarps][kMaxStats];
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    for (int s = 0; s < 2 * p.num_grads; ++s) {
+      acc_t x = stats[s];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        x += __shfl_down_sync(0xffffffffu, x, offset);
+      }
+      if (lane == 0) {
+        warp_sums[warp][s] = x;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < 2 * p.num_grads) {
+      acc_t total = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        total += warp_sums[w][threadIdx.x];
+      }
+      partials[int64_t{blockIdx.x} * 2 * p.num_grads + threadIdx.x] = total;
+    }
+  }
+}
+
+template <typename scalar_t, typename Update>
+void step_cuda_typed(const StepBuffers& b, const Update& update) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = b.param.numel();
+
+  StepPtrs<scalar_t> p{};
+  p.param = b.param.mutable_data_ptr<scalar_t>();
+  p.num_states = static_cast<int>(b.states.size());
+  p.num_grads = static_cast<int>(b.grads.size());
+  bool aligned = cuda::aligned_to(p.param, 16);
+  for (int s = 0; s < p.num_states; ++s) {
+    p.states[s] = b.states[s].mutable_data_ptr<scalar_t>();
+    aligned = aligned && cuda::aligned_to(p.states[s], 16);
+  }
+  for (int k = 0; k < p.num_grads; ++k) {
+    p.grads[k] = b.grads[k].const_data_ptr<scalar_t>();
+    aligned = aligned && cuda::aligned_to(p.grads[k], 16);
+  }
+  const StepScalars<acc_t> scalars{b.coefficients.const_data_ptr<acc_t>(), b.lr.const_data_ptr<acc_t>(),
+                                   b.step.const_data_ptr<float>(),
+                                   b.found_inf.defined() ? b.found_inf.const_data_ptr<acc_t>() : nullptr};
+  const int64_t units = aligned ? n / kVec + kVec : n;  // + kVec: threads for the tail
+  const int64_t blocks = cuda::grid_for(units);
+
+  const auto launch = [&](auto vec_width, auto with_stats, acc_t* partials) {
+    constexpr int kWidth = decltype(vec_width)::value;
+    constexpr bool kStats = decltype(with_stats)::value;
+    step_kernel<scalar_t, acc_t, kWidth, kStats><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
+        p, scalars, update, n, partials);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (b.stats.defined()) {
+    at::Tensor partials = at::zeros({blocks, 2 * p.num_grads}, b.stats.options());
+    acc_t* ptr = partials.mutable_data_ptr<acc_t>();
+    if (aligned) {
+      launch(std::integral_constant<int, kVec>{}, std::true_type{}, ptr);
+    } else {
+      launch(std::integral_constant<int, 1>{}, std::true_type{}, ptr);
+    }
+    at::Tensor stats = b.stats;  // shares storage: the caller's tensor receives the sum
+    const int64_t dims[] = {0};
+    at::sum_out(stats, partials, at::OptionalIntArrayRef(dims));
+  } else if (aligned) {
+    launch(std::integral_constant<int, kVec>{}, std::false_type{}, nullptr);
+  } else {
+    launch(std::integral_constant<int, 1>{}, std::false_type{}, nullptr);
+  }
+}
+
+template <typename Options>
+void step_cuda_kernel(const StepBuffers& b, const Options& options) {
+  const c10::cuda::CUDAGuard guard(b.param.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.param.scalar_type(), "optim_step_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    step_cuda_typed<scalar_t>(b, make_update<acc_t>(options));
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mimo_ext, CUDA, m) {
+  m.impl("sgd_step_", &sgd_step_op<step_cuda_kernel<SgdOptions>>);
+  m.impl("adamw_step_", &adamw_step_op<step_cuda_kernel<AdamWOptions>>);
+}
+
+}  // namespace mimo_ext

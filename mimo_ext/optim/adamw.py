@@ -1,0 +1,108 @@
+"""MIMOAdamW: torch.optim.AdamW's update, fed the MIMO blend of the objectives' gradients, in one fused pass."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ..objective import DEFAULT_MU
+from .base import MIMOOptimizer, check_scalar_or_tensor
+from .reference import adamw_step_reference
+
+__all__ = ["MIMOAdamW"]
+
+
+class MIMOAdamW(MIMOOptimizer):
+    """AdamW (decoupled weight decay, optional AMSGrad) over flat parameter buffers, called as
+    ``torch.optim.AdamW``, that blends the per-objective gradients with the MIMO weights in the same pass.
+
+    Args:
+        params: parameters or param groups; each group may set lr, betas, eps, weight_decay, amsgrad, maximize,
+            gamma and mu. The parameters are moved into flat buffers (they become views).
+        lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
+        betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.AdamW``.
+        gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
+        mu: temperature of the smoothed max (float or tensor), > 0.
+        diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
+
+    The step count is kept per bucket (param group, device, dtype) as a float32 device tensor, so the bias
+    correction needs no host value; a parameter skipped on some steps uses its bucket's count.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> opt = MIMOAdamW(model.parameters(), lr=1e-2)
+        >>> loss = model(torch.randn(4, 3)).pow(2).mean()
+        >>> loss.backward()
+        >>> opt.step()
+    """
+
+    _op_name = "mimo_ext::adamw_step_"
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        gamma: float | torch.Tensor = 1.0,
+        mu: float | torch.Tensor = DEFAULT_MU,
+        diagnostics: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            gamma=gamma,
+            mu=mu,
+        )
+        super().__init__(params, defaults, diagnostics=diagnostics)
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}")
+        for i, beta in enumerate(betas):
+            if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
+        check_scalar_or_tensor("eps", group["eps"], minimum=0.0)
+        check_scalar_or_tensor("weight_decay", group["weight_decay"], minimum=0.0)
+        for name in ("eps", "weight_decay"):
+            if isinstance(group[name], torch.Tensor):
+                raise ValueError(f"{name} must be a float (only lr, gamma and mu may be tensors)")
+
+    def _state_names(self, group: dict) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _call_step(
+        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
+    ):
+        op = torch.ops.mimo_ext.adamw_step_.default if use_kernel else adamw_step_reference
+        beta1, beta2 = group["betas"]
+        return op(
+            param,
+            states["exp_avg"],
+            states["exp_avg_sq"],
+            states.get("max_exp_avg_sq", param.new_empty(0)),
+            grads,
+            coefficients,
+            lr,
+            step,
+            grad_scale,
+            found_inf,
+            float(beta1),
+            float(beta2),
+            float(group["eps"]),
+            float(group["weight_decay"]),
+            bool(group["amsgrad"]),
+            bool(group["maximize"]),
+            compute_stats,
+        )

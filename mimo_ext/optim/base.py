@@ -1,0 +1,452 @@
+"""The machinery shared by the fused MIMO optimizers: flat buckets, the two ways to feed gradients, the MIMO
+coefficients, AMP, diagnostics and checkpoints. The subclasses (sgd.py, adamw.py) add only their hyperparameters,
+their state buffers and the call of their step operator.
+
+A step, per (param group, device, dtype) bucket, is one call of the algorithm's fused operator, which reads the
+parameters, the state and the K gradient buffers once and writes parameters and state once.
+
+Gradients come in one of two ways:
+
+1. ``opt.backward(f0, [f1, ..., fM])`` runs one backward pass per objective, each accumulating straight into that
+   objective's flat gradient buffer (``.grad`` points into it during the pass); ``opt.step()`` then blends them
+   with ``[1, gamma * softmax(f / mu)]`` on the device, inside the fused step.
+2. ``mimo_loss(...).backward()`` (or any loss) fills the ordinary ``.grad``; ``opt.step()`` uses it with K = 1.
+
+A parameter that no backward pass reached since the last ``zero_grad`` is left unchanged, like a parameter whose
+``.grad`` is None in torch.optim. Reach is recorded on the host by post-accumulate-grad hooks, so nothing is read
+back from the device.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..objective import DEFAULT_MU
+from ..ops import smooth_max
+from .flat import FlatBucket, bucket_parameters
+
+__all__ = ["MIMOOptimizer", "StepDiagnostics"]
+
+
+@dataclass
+class StepDiagnostics:
+    """Gradient statistics of the last step, as device tensors (reading them synchronises; the step does not).
+
+    Attributes:
+        weights: ``softmax(f / mu)`` over the M uni-modal losses (of the first param group), or None on the
+            single-backward path, where the optimizer does not see the losses.
+        grad_norms: ``[K]`` norm of each objective's gradient (K = M + 1 on the per-objective path, 1 otherwise).
+        cosines: ``[M]`` cosine between the fusion gradient g0 and each uni-modal gradient g_m (empty for K = 1).
+        grad_norm: norm of the blended gradient the update used.
+    """
+
+    weights: torch.Tensor | None
+    grad_norms: torch.Tensor
+    cosines: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+@dataclass
+class _PendingObjectives:
+    """What ``backward`` leaves for the next ``step``."""
+
+    uni_losses: torch.Tensor  # [M] float32, detached, unscaled
+    reached: dict[int, list[bool]]  # per bucket id: any objective reached the parameter
+    num_objectives: int
+    loss_scale: torch.Tensor | None  # the GradScaler scale the losses were multiplied by
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_scalar_or_tensor(name: str, value, *, minimum: float, strict: bool = False) -> None:
+    """A hyperparameter given as a float, or as a one-element floating tensor (e.g. a device tensor for CUDA graph
+    capture). A float must be finite and >= minimum (> when strict); a tensor's value is checked only on the CPU,
+    where that does not synchronise."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a float or a one-element floating tensor, got {value.dtype} "
+                f"tensor of shape {tuple(value.shape)}"
+            )
+        if value.device.type != "cpu":
+            return
+        value = value.item()
+    if not _is_real(value) or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+
+
+class MIMOOptimizer(torch.optim.Optimizer):
+    """Base class of the fused MIMO optimizers; see the module docstring. Not used directly."""
+
+    # torch.amp.GradScaler then hands over `grad_scale` and `found_inf` instead of unscaling .grad itself.
+    _step_supports_amp_scaling = True
+    _op_name: str = ""
+
+    def __init__(self, params, defaults: dict, *, diagnostics: bool = False) -> None:
+        self._buckets: list[list[FlatBucket]] = []
+        self._pending: _PendingObjectives | None = None
+        self._lr_tensors: dict[int, tuple[float, torch.Tensor]] = {}
+        self.diagnostics = bool(diagnostics)
+        self.last_diagnostics: StepDiagnostics | None = None
+        defaults.setdefault("gamma", 1.0)
+        defaults.setdefault("mu", DEFAULT_MU)
+        super().__init__(params, defaults)
+
+    # ---- subclass interface
+
+    def _check_group(self, group: dict) -> None:
+        """Raises ValueError for a bad hyperparameter of the group (lr, gamma and mu are checked here)."""
+        check_scalar_or_tensor("lr", group["lr"], minimum=0.0)
+        check_scalar_or_tensor("gamma", group["gamma"], minimum=0.0)
+        check_scalar_or_tensor("mu", group["mu"], minimum=0.0, strict=True)
+
+    def _state_names(self, group: dict) -> tuple[str, ...]:
+        """Names of the state buffers the group's options use, in the operator's order."""
+        raise NotImplementedError
+
+    def _call_step(
+        self,
+        group: dict,
+        param: torch.Tensor,
+        states: dict[str, torch.Tensor],
+        grads: list[torch.Tensor],
+        coefficients: torch.Tensor,
+        lr: torch.Tensor,
+        step: torch.Tensor,
+        grad_scale: torch.Tensor | None,
+        found_inf: torch.Tensor | None,
+        compute_stats: bool,
+        use_kernel: bool,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- param groups and state
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            for p in group["params"]:
+                if not p.is_floating_point():
+                    raise TypeError(f"{type(self).__name__}: parameters must be floating point, got {p.dtype}")
+                if p.is_sparse:
+                    raise TypeError(f"{type(self).__name__}: sparse parameters are not supported")
+            self._check_group(group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+        buckets = bucket_parameters(group["params"])
+        self._buckets.append(buckets)
+        for bucket in buckets:
+            self._bind_state(group, bucket, loaded=False)
+
+    def _bind_state(self, group: dict, bucket: FlatBucket, *, loaded: bool) -> None:
+        """Makes each parameter's state entries views of the bucket's flat state (allocating it when missing). With
+        loaded=True, the entries torch.optim's load_state_dict put there are copied in first."""
+        if not hasattr(bucket, "state"):
+            bucket.state = {}
+            bucket.step = torch.zeros((), dtype=torch.float32, device=bucket.device)
+        first = self.state.get(bucket.params[0], {})
+        if loaded and "step" in first:
+            bucket.step.copy_(first["step"].reshape(()))
+        for name in self._state_names(group):
+            buffer = bucket.state.get(name)
+            if buffer is None:
+                buffer = bucket.state[name] = bucket.new_buffer()
+            for i, p in enumerate(bucket.params):
+                view = bucket.view(buffer, i)
+                old = self.state.get(p, {}).get(name)
+                if loaded and old is not None:
+                    view.copy_(old)
+                self.state[p][name] = view
+        for p in bucket.params:
+            self.state[p]["step"] = bucket.step
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch.optim's, then copies the loaded state into the flat buffers (training resumes bit-identically)."""
+        super().load_state_dict(state_dict)
+        for group, buckets in zip(self.param_groups, self._buckets, strict=True):
+            for bucket in buckets:
+                for name in self._state_names(group):
+                    if name in bucket.state and not any(name in self.state.get(p, {}) for p in bucket.params):
+                        bucket.state[name].zero_()  # a checkpoint taken before this state existed
+                if not any("step" in self.state.get(p, {}) for p in bucket.params):
+                    bucket.step.zero_()
+                self._bind_state(group, bucket, loaded=True)
+        self._pending = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zeroes the flat gradient buffer that ``.grad`` points into (one operation per bucket) and forgets which
+        parameters were reached. ``.grad`` stays a (zero) view of that buffer even with set_to_none=True, so the next
+        backward accumulates straight into it; parameters the next backward does not reach are still skipped by
+        ``step``, as if their ``.grad`` were None. Gradients that are not views of the buffer are set to None (or
+        zeroed with set_to_none=False)."""
+        for buckets in self._buckets:
+            for bucket in buckets:
+                views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
+                if any(views):
+                    bucket.grad_buffers[0].zero_()
+                for i, p in enumerate(bucket.params):
+                    if p.grad is not None and not views[i]:
+                        if set_to_none:
+                            p.grad = None
+                        else:
+                            p.grad.zero_()
+                bucket.touched = [False] * len(bucket.params)
+        self._pending = None
+
+    # ---- the per-objective path
+
+    def backward(
+        self,
+        f0: torch.Tensor,
+        uni_losses: Sequence[torch.Tensor] | torch.Tensor,
+        *,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        retain_graph: bool = False,
+    ) -> None:
+        """Runs one backward pass per objective, each accumulating into its own flat gradient buffer; the next
+        ``step()`` blends them as ``g0 + gamma * sum_m softmax(f / mu)_m g_m`` inside its fused kernel.
+
+        Args:
+            f0: the fusion loss, a 0-dim tensor.
+            uni_losses: the M uni-modal losses, a sequence of 0-dim tensors or a 1-D tensor.
+            grad_scaler: a ``torch.amp.GradScaler`` to use with ``grad_scaler.step(opt)``: each objective is scaled
+                by it for its backward pass, the weights use the unscaled losses, and a non-finite value in any
+                objective's gradient makes the scaler skip the step (and lower its scale).
+            retain_graph: keep the graph after the last pass.
+
+        The losses stay on the device: nothing is synchronised. Only the parameters of this optimizer receive
+        gradients from these passes. Afterwards ``.grad`` of every reached parameter is its slice of g0's buffer.
+        """
+        uni = _as_loss_list(uni_losses, "uni_losses")
+        if not isinstance(f0, torch.Tensor) or f0.dim() != 0:
+            raise ValueError(f"f0 must be a 0-dim tensor, got {_describe(f0)}")
+        if not uni:
+            raise ValueError("uni_losses must hold at least one loss")
+        objectives = [f0, *uni]
+        if len(objectives) > 16:
+            raise ValueError(f"at most 15 uni-modal losses are supported by the fused step, got {len(uni)}")
+        for m, f in enumerate(uni):
+            if f.device != f0.device:
+                raise ValueError(f"uni_losses[{m}] is on {f.device} but f0 is on {f0.device}")
+        buckets = [b for bs in self._buckets for b in bs]
+        params = [p for b in buckets for p in b.params if p.requires_grad]
+        scale = None
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            scale = grad_scaler.scale(torch.ones((), device=f0.device, dtype=torch.float32))
+        reached = {id(b): [False] * len(b.params) for b in buckets}
+        for k, f in enumerate(objectives):
+            for b in buckets:
+                b.grad_buffer(k).zero_()
+                b.point_grads_at(k)
+                b.touched = [False] * len(b.params)
+            if f.requires_grad and params:
+                target = f * scale.to(f.dtype) if scale is not None else f
+                torch.autograd.backward(target, retain_graph=retain_graph or k + 1 < len(objectives), inputs=params)
+            for b in buckets:
+                reached[id(b)] = [r or t for r, t in zip(reached[id(b)], b.touched, strict=True)]
+        for b in buckets:
+            b.touched = list(reached[id(b)])
+            for i, p in enumerate(b.params):
+                p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
+            if scale is not None:
+                self._flag_non_finite(b, len(objectives))
+        with torch.no_grad():
+            uni_values = torch.stack([f.detach().to(torch.float32) for f in uni])
+        self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
+
+    @staticmethod
+    def _flag_non_finite(bucket: FlatBucket, num_objectives: int) -> None:
+        # GradScaler inspects .grad only, i.e. g0's buffer. A non-finite value in another objective's buffer is
+        # carried into g0 (a NaN in its first reached element) so the scaler sees it, skips the step and backs off.
+        first = next((i for i, hit in enumerate(bucket.touched) if hit and bucket.numels[i] > 0), None)
+        if first is None or num_objectives < 2:
+            return
+        flag = torch.zeros(1, device=bucket.device, dtype=torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            bucket.grad_buffers[1:num_objectives], flag, torch.ones(1, device=bucket.device)
+        )
+        start = bucket.offsets[first]
+        g0 = bucket.grad_buffers[0][start : start + 1]
+        g0.add_(torch.where(flag > 0, float("nan"), 0.0).to(g0.dtype))
+
+    # ---- the step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step (see the module docstring for where the gradients come from).
+
+        Args:
+            closure: re-evaluates the model and returns the loss (run with gradients enabled), as in torch.optim.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if not isinstance(found_inf, torch.Tensor):
+            found_inf = None  # GradScaler passes 0 when no .grad was there to check
+        pending, self._pending = self._pending, None
+        stats_sum: torch.Tensor | None = None
+        weights_report: torch.Tensor | None = None
+        for group, buckets in zip(self.param_groups, self._buckets, strict=True):
+            weights = self._weights(group, pending) if pending is not None else None
+            if weights_report is None:
+                weights_report = weights
+            for bucket in buckets:
+                stats = self._step_bucket(group, bucket, pending, weights, grad_scale, found_inf)
+                if stats is not None:
+                    stats = stats.to(torch.float64)
+                    if stats_sum is None:
+                        stats_sum = stats
+                    else:
+                        stats_sum = stats_sum + stats.to(stats_sum.device, non_blocking=True)
+        self.last_diagnostics = _diagnostics(stats_sum, weights_report) if stats_sum is not None else None
+        return loss
+
+    def _weights(self, group: dict, pending: _PendingObjectives) -> torch.Tensor:
+        mu = group["mu"]
+        losses = pending.uni_losses
+        if isinstance(mu, torch.Tensor):
+            # softmax(f / mu) = smooth_max(f / mu, 1): the temperature stays on the device.
+            return smooth_max(losses / mu.to(losses.device, torch.float32).reshape(()), 1.0)[1]
+        return smooth_max(losses, float(mu))[1]
+
+    def _coefficients(self, group, bucket, pending, weights, grad_scale) -> torch.Tensor:
+        device = bucket.device
+        gamma = group["gamma"]
+        if isinstance(gamma, torch.Tensor):
+            gamma = gamma.to(device, torch.float32).reshape(())
+        tail = weights.to(device, non_blocking=True) * gamma
+        if pending.loss_scale is not None:
+            # g_m (m >= 1) were scaled by the loss scale of backward(); g0 is divided by grad_scale in the kernel,
+            # which is that same scale, or None when GradScaler.unscale_ already unscaled g0 (.grad) in place.
+            factor = pending.loss_scale.to(device).reciprocal()
+            if grad_scale is not None:
+                factor = factor * grad_scale.to(device, torch.float32)
+            tail = tail * factor
+        return torch.cat([torch.ones(1, device=device, dtype=torch.float32), tail.to(torch.float32)])
+
+    def _single_grads(self, bucket: FlatBucket) -> tuple[list[torch.Tensor], list[bool]]:
+        """The K = 1 path: .grad in the flat buffer 0 (copied there once when it is not already a view of it)."""
+        buffer = bucket.grad_buffer(0)
+        reached = []
+        for i, p in enumerate(bucket.params):
+            if p.grad is None:
+                reached.append(False)
+            elif bucket.is_grad_view(i):
+                reached.append(bucket.touched[i])
+            else:
+                view = bucket.view(buffer, i)
+                view.copy_(p.grad)
+                p.grad = view
+                bucket.touched[i] = True
+                reached.append(True)
+        return [buffer], reached
+
+    def _lr_tensor(self, group: dict, bucket: FlatBucket) -> torch.Tensor:
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            return lr.to(bucket.device)
+        cached = self._lr_tensors.get(id(bucket))
+        if cached is None or cached[0] != lr:
+            tensor = cached[1] if cached is not None else torch.empty((), device=bucket.device)
+            tensor.fill_(lr)
+            self._lr_tensors[id(bucket)] = (lr, tensor)
+            return tensor
+        return cached[1]
+
+    def _step_bucket(self, group, bucket, pending, weights, grad_scale, found_inf) -> torch.Tensor | None:
+        if pending is not None:
+            grads = bucket.grad_buffers[: pending.num_objectives]
+            reached = pending.reached[id(bucket)]
+            coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
+        else:
+            grads, reached = self._single_grads(bucket)
+            coefficients = torch.ones(1, device=bucket.device, dtype=torch.float32)
+        segments = bucket.segments(reached)
+        if not segments:
+            return None
+        names = self._state_names(group)
+        if any(name not in bucket.state for name in names):
+            self._bind_state(group, bucket, loaded=False)  # an option turned on after construction
+        lr = self._lr_tensor(group, bucket)
+        if grad_scale is not None:
+            grad_scale = grad_scale.to(bucket.device)
+        if found_inf is not None:
+            found_inf = found_inf.to(bucket.device)
+        use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
+        step_before = bucket.step.clone() if len(segments) > 1 else None
+        total = None
+        for n, (start, stop) in enumerate(segments):
+            # Every segment reads the step count of before this step; the first one advances the bucket's.
+            step = bucket.step if n == 0 else step_before.clone()
+            stats = self._call_step(
+                group,
+                bucket.param_buffer[start:stop],
+                {name: bucket.state[name][start:stop] for name in names},
+                [g[start:stop] for g in grads],
+                coefficients,
+                lr,
+                step,
+                grad_scale,
+                found_inf,
+                self.diagnostics,
+                use_kernel,
+            )
+            total = stats if total is None else total + stats
+        if self.diagnostics and pending is not None and pending.loss_scale is not None:
+            total = total * self._stats_rescale(pending, grad_scale, total)
+        return total if self.diagnostics else None
+
+    @staticmethod
+    def _stats_rescale(pending, grad_scale, stats) -> torch.Tensor:
+        # The kernel divided every raw buffer's statistics by grad_scale^2; g_m (m >= 1) were scaled by loss_scale.
+        k = pending.num_objectives
+        ratio = pending.loss_scale.to(stats.device, stats.dtype).reciprocal()
+        if grad_scale is not None:
+            ratio = ratio * grad_scale.to(stats.device, stats.dtype)
+        one = torch.ones(1, device=stats.device, dtype=stats.dtype)
+        sq = torch.cat([one, (ratio * ratio).expand(k - 1)])
+        dots = ratio.expand(k - 1)
+        return torch.cat([sq, dots.reshape(-1), one])
+
+
+def _diagnostics(stats: torch.Tensor, weights: torch.Tensor | None) -> StepDiagnostics:
+    k = stats.numel() // 2
+    norms = stats[:k].clamp_min(0).sqrt()
+    dots = stats[k : 2 * k - 1]
+    cosines = dots / (norms[0] * norms[1:]).clamp_min(torch.finfo(torch.float64).tiny)
+    return StepDiagnostics(weights=weights, grad_norms=norms, cosines=cosines, grad_norm=stats[-1].clamp_min(0).sqrt())
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _as_loss_list(losses, name: str) -> list[torch.Tensor]:
+    if isinstance(losses, torch.Tensor):
+        if losses.dim() != 1:
+            raise ValueError(
+                f"{name} must be a sequence of 0-dim tensors or a 1-D tensor, got shape {tuple(losses.shape)}"
+            )
+        return list(losses.unbind())
+    if not isinstance(losses, Iterable):
+        raise TypeError(f"{name} must be a sequence of 0-dim tensors or a 1-D tensor, got {type(losses).__name__}")
+    out = list(losses)
+    for m, f in enumerate(out):
+        if not isinstance(f, torch.Tensor) or f.dim() != 0:
+            raise ValueError(f"{name}[{m}] must be a 0-dim tensor, got {_describe(f)}")
+    return out

@@ -1,0 +1,105 @@
+"""Flattened parameter buckets: the parameters of one param group that share a device and dtype, laid out in one
+contiguous buffer, with the optimizer state and the per-objective gradients in buffers of the same layout.
+
+The parameters become views of the flat buffer (``p.data`` is rebound), so the model keeps using the same
+``Parameter`` objects and a step over the whole bucket is one kernel launch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["FlatBucket", "bucket_parameters"]
+
+
+class FlatBucket:
+    """Parameters of one (param group, device, dtype), flattened.
+
+    Attributes:
+        params: the parameters, in param-group order.
+        offsets: start of each parameter in the flat buffers (elements).
+        param_buffer: the flat parameter buffer; each parameter is a view of it.
+        grad_buffers: flat gradient buffers, one per objective (index 0 is also the single-backward ``.grad``
+            buffer), allocated on first use.
+        touched: per parameter, whether a backward pass accumulated into it since the flags were last cleared
+            (set by a post-accumulate-grad hook, on the host: no synchronisation).
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        self.device = params[0].device
+        self.dtype = params[0].dtype
+        self.numels = [p.numel() for p in params]
+        self.offsets = [0]
+        for n in self.numels[:-1]:
+            self.offsets.append(self.offsets[-1] + n)
+        self.numel = sum(self.numels)
+        self.param_buffer = torch.empty(self.numel, device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                view = self.view(self.param_buffer, i)
+                view.copy_(p.detach())
+                p.data = view
+        self.grad_buffers: list[torch.Tensor] = []
+        self.touched = [False] * len(params)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
+
+    def _make_hook(self, index: int):
+        def mark_touched(_param: torch.Tensor) -> None:
+            self.touched[index] = True
+
+        return mark_touched
+
+    def view(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
+        """Parameter ``index``'s slice of a flat buffer, shaped like the parameter."""
+        start = self.offsets[index]
+        return buffer[start : start + self.numels[index]].view(self.params[index].shape)
+
+    def new_buffer(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.zeros(self.numel, device=self.device, dtype=dtype or self.dtype)
+
+    def grad_buffer(self, k: int) -> torch.Tensor:
+        """Objective k's flat gradient buffer, allocated (zeroed) on first use."""
+        while len(self.grad_buffers) <= k:
+            self.grad_buffers.append(self.new_buffer())
+        return self.grad_buffers[k]
+
+    def is_grad_view(self, index: int) -> bool:
+        """Whether parameter ``index``'s ``.grad`` is its slice of gradient buffer 0."""
+        grad = self.params[index].grad
+        if grad is None or not self.grad_buffers:
+            return False
+        return grad.data_ptr() == self.grad_buffers[0].data_ptr() + self.offsets[index] * grad.element_size() and (
+            grad.shape == self.params[index].shape and grad.is_contiguous()
+        )
+
+    def point_grads_at(self, k: int) -> None:
+        """Makes every parameter's ``.grad`` its slice of gradient buffer k (backward then accumulates there)."""
+        buffer = self.grad_buffer(k)
+        for i, p in enumerate(self.params):
+            p.grad = self.view(buffer, i)
+
+    def segments(self, reached: list[bool]) -> list[tuple[int, int]]:
+        """Element ranges [start, stop) covering the runs of consecutive reached parameters."""
+        runs: list[tuple[int, int]] = []
+        for i, hit in enumerate(reached):
+            if not hit or self.numels[i] == 0:
+                continue
+            start, stop = self.offsets[i], self.offsets[i] + self.numels[i]
+            if runs and runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], stop)
+            else:
+                runs.append((start, stop))
+        return runs
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def bucket_parameters(params: list[torch.nn.Parameter]) -> list[FlatBucket]:
+    """Groups parameters by (device, dtype), in first-appearance order, and flattens each group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    return [FlatBucket(ps) for ps in groups.values()]

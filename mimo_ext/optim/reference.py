@@ -1,0 +1,102 @@
+"""Plain PyTorch implementations of the fused step operators: the test oracle, and the fallback on devices that
+have no compiled kernel.
+
+Each function takes the same arguments as its operator (``torch.ops.mimo_ext.sgd_step_`` /
+``adamw_step_``, see csrc/ops.cpp) and has the same effect: it blends the gradient buffers, updates parameter
+and state in place in the math dtype (float32 for half types, float64 for float64), advances ``step``, and
+returns the gradient statistics. Unlike the operators it reads ``found_inf`` on the host, so it synchronises and
+cannot be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["adamw_step_reference", "sgd_step_reference"]
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blend(grads, coefficients, grad_scale, acc) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    coefficients = coefficients.to(acc)
+    if grad_scale is not None:
+        coefficients = coefficients / grad_scale.to(acc).reshape(1)
+    raw = [g.to(acc) for g in grads]
+    blended = torch.zeros_like(raw[0])
+    for c, g in zip(coefficients, raw, strict=True):
+        blended = blended + c * g
+    return blended, raw, coefficients
+
+
+def _stats(raw, blended, grad_scale, acc, compute_stats) -> torch.Tensor:
+    if not compute_stats:
+        return torch.empty(0, dtype=acc, device=blended.device)
+    squares = [g.dot(g) for g in raw]
+    dots = [raw[0].dot(g) for g in raw[1:]]
+    stats = torch.stack(squares + dots + [blended.dot(blended)])
+    if grad_scale is not None:
+        inv = 1 / grad_scale.to(acc).reshape(())
+        stats[:-1] *= inv * inv
+    return stats
+
+
+def _skipped(found_inf) -> bool:
+    return found_inf is not None and bool(found_inf.reshape(()).item() != 0)
+
+
+def sgd_step_reference(
+    param, momentum_buffer, grads, coefficients, lr, step, grad_scale, found_inf,
+    weight_decay, momentum, dampening, nesterov, maximize, compute_stats,
+) -> torch.Tensor:  # fmt: skip
+    acc = _math_dtype(param.dtype)
+    if _skipped(found_inf):
+        return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
+    g, raw, _ = _blend(grads, coefficients, grad_scale, acc)
+    stats = _stats(raw, g, grad_scale, acc, compute_stats)
+    p = param.to(acc)
+    lr_value = lr.to(acc).reshape(())
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    if momentum != 0:
+        if step.item() == 0:
+            buf = g.clone()
+        else:
+            buf = momentum * momentum_buffer.to(acc) + (1 - dampening) * g
+        momentum_buffer.copy_(buf)
+        g = g + momentum * buf if nesterov else buf
+    param.copy_(p - lr_value * g)
+    step.add_(1)
+    return stats
+
+
+def adamw_step_reference(
+    param, exp_avg, exp_avg_sq, max_exp_avg_sq, grads, coefficients, lr, step, grad_scale, found_inf,
+    beta1, beta2, eps, weight_decay, amsgrad, maximize, compute_stats,
+) -> torch.Tensor:  # fmt: skip
+    acc = _math_dtype(param.dtype)
+    if _skipped(found_inf):
+        return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
+    g, raw, _ = _blend(grads, coefficients, grad_scale, acc)
+    stats = _stats(raw, g, grad_scale, acc, compute_stats)
+    if maximize:
+        g = -g
+    lr_value = lr.to(acc).reshape(())
+    t = step.to(acc).reshape(()) + 1
+    p = param.to(acc) * (1 - lr_value * weight_decay)
+    m = beta1 * exp_avg.to(acc) + (1 - beta1) * g
+    v = beta2 * exp_avg_sq.to(acc) + (1 - beta2) * g * g
+    second = v
+    if amsgrad:
+        second = torch.maximum(max_exp_avg_sq.to(acc), v)
+        max_exp_avg_sq.copy_(second)
+    step_size = lr_value / (1 - beta1**t)
+    denom = second.sqrt() / (1 - beta2**t).sqrt() + eps
+    param.copy_(p - step_size * m / denom)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    step.add_(1)
+    return stats

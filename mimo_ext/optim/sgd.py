@@ -1,0 +1,105 @@
+"""MIMOSGD: torch.optim.SGD's update, fed the MIMO blend of the objectives' gradients, in one fused pass."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..objective import DEFAULT_MU
+from .base import MIMOOptimizer, check_scalar_or_tensor
+from .reference import sgd_step_reference
+
+__all__ = ["MIMOSGD"]
+
+
+class MIMOSGD(MIMOOptimizer):
+    """SGD (momentum, dampening, Nesterov, L2 weight decay) over flat parameter buffers, called as
+    ``torch.optim.SGD``, that blends the per-objective gradients with the MIMO weights in the same pass.
+
+    Args:
+        params: parameters or param groups; each group may set lr, momentum, dampening, weight_decay, nesterov,
+            maximize, gamma and mu. The parameters are moved into flat buffers (they become views; see
+            :mod:`mimo_ext.optim.base`).
+        lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
+        momentum, dampening, weight_decay, nesterov, maximize: as in ``torch.optim.SGD``.
+        gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
+        mu: temperature of the smoothed max (float or tensor), > 0.
+        diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> opt = MIMOSGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> x = torch.randn(4, 3)
+        >>> f0, f1, f2 = model(x).pow(2).mean(), model(x)[:, 0].mean(), model(x)[:, 1].mean()
+        >>> opt.backward(f0, [f1, f2])
+        >>> opt.step()
+    """
+
+    _op_name = "mimo_ext::sgd_step_"
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        gamma: float | torch.Tensor = 1.0,
+        mu: float | torch.Tensor = DEFAULT_MU,
+        diagnostics: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            gamma=gamma,
+            mu=mu,
+        )
+        super().__init__(params, defaults, diagnostics=diagnostics)
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        for name in ("momentum", "weight_decay"):
+            check_scalar_or_tensor(name, group[name], minimum=0.0)
+        if isinstance(group["dampening"], bool) or not math.isfinite(group["dampening"]):
+            raise ValueError(f"dampening must be a finite number, got {group['dampening']!r}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "nesterov momentum requires momentum > 0 and dampening == 0, got momentum "
+                f"{group['momentum']} and dampening {group['dampening']}"
+            )
+        for name in ("momentum", "weight_decay", "dampening"):
+            if isinstance(group[name], torch.Tensor):
+                raise ValueError(f"{name} must be a float (only lr, gamma and mu may be tensors)")
+
+    def _state_names(self, group: dict) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _call_step(
+        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
+    ):
+        op = torch.ops.mimo_ext.sgd_step_.default if use_kernel else sgd_step_reference
+        momentum_buffer = states.get("momentum_buffer", param.new_empty(0))
+        return op(
+            param,
+            momentum_buffer,
+            grads,
+            coefficients,
+            lr,
+            step,
+            grad_scale,
+            found_inf,
+            float(group["weight_decay"]),
+            float(group["momentum"]),
+            float(group["dampening"]),
+            bool(group["nesterov"]),
+            bool(group["maximize"]),
+            compute_stats,
+        )
