@@ -218,7 +218,8 @@ void test_blend() {
 // Every op has its kernels for the device keys this build was configured with (MIMO_EXT_TEST_EXPECT_CUDA comes
 // from CMake), so that a .cu file left out of the build is caught without a GPU.
 void test_registrations() {
-  for (const char* name : {"mimo_ext::smooth_max", "mimo_ext::blend", "mimo_ext::blend_"}) {
+  for (const char* name : {"mimo_ext::smooth_max", "mimo_ext::blend", "mimo_ext::blend_", "mimo_ext::sgd_step_",
+                           "mimo_ext::adamw_step_"}) {
     const c10::OperatorHandle h = op(name);
     EXPECT(h.hasKernelForDispatchKey(c10::DispatchKey::CPU), "%s has no CPU kernel", name);
     EXPECT(h.hasKernelForDispatchKey(c10::DispatchKey::CUDA) == bool(MIMO_EXT_TEST_EXPECT_CUDA),
