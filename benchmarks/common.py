@@ -32,10 +32,21 @@ def machine() -> dict:
     return info
 
 
-def median_seconds(fn, min_run_time: float) -> float:
-    """Median time of one call of ``fn``, by torch.utils.benchmark (warm-up, and CUDA synchronisation)."""
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on the machine makes timings noisy), if known."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def median_seconds(fn, min_run_time: float, num_threads: int = 1) -> float:
+    """Median time of one call of ``fn``, by torch.utils.benchmark (warm-up, and CUDA synchronisation).
+
+    ``num_threads`` is the intra-op thread count during the measurement (torch.utils.benchmark's default is 1,
+    whatever torch.get_num_threads() says)."""
     fn()  # warm-up: first-call allocations, lazy initialisation
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 

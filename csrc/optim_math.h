@@ -39,6 +39,10 @@ C10_HOST_DEVICE inline acc_t sqrt_(acc_t x) {
 // momentum != 0, none otherwise. The first step (step count 0) starts the buffer at the gradient.
 template <typename acc_t>
 struct SgdUpdate {
+  // The state buffers in use: kStatesWithout without momentum, one more (the momentum buffer) with it. Kernels
+  // make the count a compile-time constant, so that their inner loops over the buffers unroll.
+  static constexpr int kStatesWithout = 0;
+
   acc_t weight_decay;
   acc_t momentum;
   acc_t dampening;
@@ -54,18 +58,14 @@ struct SgdUpdate {
     return {lr, step == 0.0f};
   }
 
+  // Written as selects rather than branches, so that the CPU compiler vectorises the loop around it.
   C10_HOST_DEVICE void operator()(const PerStep& s, acc_t& param, acc_t* state, acc_t grad) const {
-    if (maximize) {
-      grad = -grad;
-    }
-    if (weight_decay != acc_t(0)) {
-      grad += weight_decay * param;
-    }
-    if (momentum != acc_t(0)) {
-      acc_t& buf = state[0];
-      buf = s.first ? grad : momentum * buf + (acc_t(1) - dampening) * grad;
-      grad = nesterov ? grad + momentum * buf : buf;
-    }
+    grad = maximize ? -grad : grad;
+    grad = weight_decay != acc_t(0) ? grad + weight_decay * param : grad;
+    const bool with_momentum = momentum != acc_t(0);
+    const acc_t buf = s.first ? grad : momentum * state[0] + (acc_t(1) - dampening) * grad;
+    state[0] = with_momentum ? buf : state[0];
+    grad = with_momentum ? (nesterov ? grad + momentum * buf : buf) : grad;
     param -= s.lr * grad;
   }
 };
@@ -74,6 +74,9 @@ struct SgdUpdate {
 // max_exp_avg_sq third when amsgrad. The step count read is the one before this step (t = step + 1).
 template <typename acc_t>
 struct AdamWUpdate {
+  // The state buffers in use: exp_avg and exp_avg_sq, and max_exp_avg_sq after them with amsgrad.
+  static constexpr int kStatesWithout = 2;
+
   acc_t beta1;
   acc_t beta2;
   acc_t eps;

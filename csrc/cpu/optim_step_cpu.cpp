@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace mimo_ext {
@@ -19,7 +20,9 @@ namespace {
 constexpr int64_t kBlock = 1024;          // elements per block: a few acc_t[kBlock] arrays stay in L1
 constexpr int64_t kChunk = 16 * kBlock;   // elements per parallel task, and per partial sum of the statistics
 
-template <typename scalar_t, typename Update>
+// kStates (the state buffers in use) is a compile-time constant so that the update loop is a plain loop over
+// arrays, which the compiler vectorises (the option branches inside the update become selects).
+template <typename scalar_t, int kStates, typename Update>
 void step_cpu_typed(const StepBuffers& b, const Update& update) {
   using acc_t = at::opmath_type<scalar_t>;
   if (b.found_inf.defined() && *b.found_inf.const_data_ptr<acc_t>() != acc_t(0)) {
@@ -27,13 +30,13 @@ void step_cpu_typed(const StepBuffers& b, const Update& update) {
   }
   const int64_t n = b.param.numel();
   const int k_count = static_cast<int>(b.grads.size());
-  const int s_count = static_cast<int>(b.states.size());
   std::vector<const scalar_t*> grads(k_count);
   for (int k = 0; k < k_count; ++k) {
     grads[k] = b.grads[k].const_data_ptr<scalar_t>();
   }
-  std::vector<scalar_t*> states(s_count);
-  for (int s = 0; s < s_count; ++s) {
+  TORCH_INTERNAL_ASSERT(static_cast<int>(b.states.size()) == kStates);
+  scalar_t* states[kStates > 0 ? kStates : 1] = {};
+  for (int s = 0; s < kStates; ++s) {
     states[s] = b.states[s].mutable_data_ptr<scalar_t>();
   }
   const acc_t* coefficients = b.coefficients.const_data_ptr<acc_t>();
@@ -87,17 +90,17 @@ void step_cpu_typed(const StepBuffers& b, const Update& update) {
           }
           partial[stat_count - 1] += sq;
         }
+        scalar_t* const p_block = param + start;
         for (int64_t i = 0; i < len; ++i) {
-          const int64_t e = start + i;
-          acc_t p = static_cast<acc_t>(param[e]);
-          acc_t st[math::kMaxStates];
-          for (int s = 0; s < s_count; ++s) {
-            st[s] = static_cast<acc_t>(states[s][e]);
+          acc_t p = static_cast<acc_t>(p_block[i]);
+          acc_t st[math::kMaxStates] = {};
+          for (int s = 0; s < kStates; ++s) {
+            st[s] = static_cast<acc_t>(states[s][start + i]);
           }
           update(per_step, p, st, g[i]);
-          param[e] = static_cast<scalar_t>(p);
-          for (int s = 0; s < s_count; ++s) {
-            states[s][e] = static_cast<scalar_t>(st[s]);
+          p_block[i] = static_cast<scalar_t>(p);
+          for (int s = 0; s < kStates; ++s) {
+            states[s][start + i] = static_cast<scalar_t>(st[s]);
           }
         }
       }
@@ -118,7 +121,13 @@ template <typename Options>
 void step_cpu_kernel(const StepBuffers& b, const Options& options) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.param.scalar_type(), "optim_step_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    step_cpu_typed<scalar_t>(b, make_update<acc_t>(options));
+    const auto update = make_update<acc_t>(options);
+    constexpr int kFew = std::remove_cvref_t<decltype(update)>::kStatesWithout;
+    if (static_cast<int>(b.states.size()) == kFew) {
+      step_cpu_typed<scalar_t, kFew>(b, update);
+    } else {
+      step_cpu_typed<scalar_t, kFew + 1>(b, update);
+    }
   });
 }
 

@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace mimo_ext {
 namespace {
 
@@ -27,7 +29,6 @@ struct StepPtrs {
   scalar_t* param;
   scalar_t* states[math::kMaxStates];
   const scalar_t* grads[kMaxStepGrads];
-  int num_states;
   int num_grads;
 };
 
@@ -40,8 +41,9 @@ struct StepScalars {
 };
 
 // Blends and updates kWidth consecutive elements starting at element `first` (kWidth > 1: one aligned vector of
-// each buffer). Adds the element's contributions to the thread's statistics when kStats.
-template <int kWidth, bool kStats, typename scalar_t, typename acc_t, typename Update>
+// each buffer). Adds the element's contributions to the thread's statistics when kStats. kStates (the state
+// buffers in use) is a compile-time constant so that the loops over them unroll and stay in registers.
+template <int kWidth, bool kStats, int kStates, typename scalar_t, typename acc_t, typename Update>
 __device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const acc_t* coefficients,
                                               const Update& update, const typename Update::PerStep& per_step,
                                               int64_t first, acc_t* stats) {
@@ -76,30 +78,34 @@ __device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const
     }
   }
   VecT param = *reinterpret_cast<const VecT*>(p.param + first);
-  VecT states[math::kMaxStates];
-  for (int s = 0; s < p.num_states; ++s) {
+  VecT states[kStates > 0 ? kStates : 1];
+#pragma unroll
+  for (int s = 0; s < kStates; ++s) {
     states[s] = *reinterpret_cast<const VecT*>(p.states[s] + first);
   }
 #pragma unroll
   for (int j = 0; j < kWidth; ++j) {
     acc_t value = static_cast<acc_t>(param.val[j]);
-    acc_t st[math::kMaxStates];
-    for (int s = 0; s < p.num_states; ++s) {
+    acc_t st[math::kMaxStates] = {};
+#pragma unroll
+    for (int s = 0; s < kStates; ++s) {
       st[s] = static_cast<acc_t>(states[s].val[j]);
     }
     update(per_step, value, st, g[j]);
     param.val[j] = static_cast<scalar_t>(value);
-    for (int s = 0; s < p.num_states; ++s) {
+#pragma unroll
+    for (int s = 0; s < kStates; ++s) {
       states[s].val[j] = static_cast<scalar_t>(st[s]);
     }
   }
   *reinterpret_cast<VecT*>(p.param + first) = param;
-  for (int s = 0; s < p.num_states; ++s) {
+#pragma unroll
+  for (int s = 0; s < kStates; ++s) {
     *reinterpret_cast<VecT*>(p.states[s] + first) = states[s];
   }
 }
 
-template <typename scalar_t, typename acc_t, int kVec, bool kStats, typename Update>
+template <typename scalar_t, typename acc_t, int kVec, bool kStats, int kStates, typename Update>
 __global__ void __launch_bounds__(cuda::kThreadsPerBlock)
     step_kernel(StepPtrs<scalar_t> p, StepScalars<acc_t> scalars, Update update, int64_t n, acc_t* partials) {
   if (scalars.found_inf != nullptr && *scalars.found_inf != acc_t(0)) {
@@ -116,12 +122,12 @@ __global__ void __launch_bounds__(cuda::kThreadsPerBlock)
   const int64_t tid = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t n_vec = n / kVec;
   for (int64_t v = tid; v < n_vec; v += stride) {
-    step_elements<kVec, kStats>(p, scalars.coefficients, update, per_step, v * kVec, stats);
+    step_elements<kVec, kStats, kStates>(p, scalars.coefficients, update, per_step, v * kVec, stats);
   }
   // Tail: the last n % kVec elements, one per thread.
   const int64_t i = n_vec * kVec + tid;
   if (i < n) {
-    step_elements<1, kStats>(p, scalars.coefficients, update, per_step, i, stats);
+    step_elements<1, kStats, kStates>(p, scalars.coefficients, update, per_step, i, stats);
   }
   if constexpr (kStats) {
     __shared__ acc_t warp_sums[kWarps][kMaxStats];
@@ -148,7 +154,7 @@ __global__ void __launch_bounds__(cuda::kThreadsPerBlock)
   }
 }
 
-template <typename scalar_t, typename Update>
+template <typename scalar_t, int kStates, typename Update>
 void step_cuda_typed(const StepBuffers& b, const Update& update) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVec = 16 / sizeof(scalar_t);
@@ -157,10 +163,10 @@ void step_cuda_typed(const StepBuffers& b, const Update& update) {
 
   StepPtrs<scalar_t> p{};
   p.param = b.param.mutable_data_ptr<scalar_t>();
-  p.num_states = static_cast<int>(b.states.size());
   p.num_grads = static_cast<int>(b.grads.size());
   bool aligned = cuda::aligned_to(p.param, 16);
-  for (int s = 0; s < p.num_states; ++s) {
+  TORCH_INTERNAL_ASSERT(static_cast<int>(b.states.size()) == kStates);
+  for (int s = 0; s < kStates; ++s) {
     p.states[s] = b.states[s].mutable_data_ptr<scalar_t>();
     aligned = aligned && cuda::aligned_to(p.states[s], 16);
   }
@@ -177,7 +183,7 @@ void step_cuda_typed(const StepBuffers& b, const Update& update) {
   const auto launch = [&](auto vec_width, auto with_stats, acc_t* partials) {
     constexpr int kWidth = decltype(vec_width)::value;
     constexpr bool kStats = decltype(with_stats)::value;
-    step_kernel<scalar_t, acc_t, kWidth, kStats><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
+    step_kernel<scalar_t, acc_t, kWidth, kStats, kStates><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
         p, scalars, update, n, partials);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
@@ -204,7 +210,13 @@ void step_cuda_kernel(const StepBuffers& b, const Options& options) {
   const c10::cuda::CUDAGuard guard(b.param.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.param.scalar_type(), "optim_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    step_cuda_typed<scalar_t>(b, make_update<acc_t>(options));
+    const auto update = make_update<acc_t>(options);
+    constexpr int kFew = std::remove_cvref_t<decltype(update)>::kStatesWithout;
+    if (static_cast<int>(b.states.size()) == kFew) {
+      step_cuda_typed<scalar_t, kFew>(b, update);
+    } else {
+      step_cuda_typed<scalar_t, kFew + 1>(b, update);
+    }
   });
 }
 

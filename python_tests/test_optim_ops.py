@@ -1,0 +1,386 @@
+"""The fused step operators mimo_ext::sgd_step_ and mimo_ext::adamw_step_ against their plain-PyTorch references
+(mimo_ext.optim.sgd_step_reference / adamw_step_reference) on random flat buffers, opcheck, found_inf, and the
+errors of bad input (raised before anything is written)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optim_helpers import (
+    ADAMW_BETA2_BUG,
+    ALL_DTYPES,
+    acc_eps,
+    assert_bit_identical,
+    assert_within_reference_error,
+)
+
+from mimo_ext.optim import adamw_step_reference, sgd_step_reference
+
+LENGTHS = [0, 1, 7, 1000]
+KS = [1, 2, 3, 4]
+# (grad_scale, found_inf): not given, given, found_inf 0 (step runs) or 1 (step skipped).
+SCALING = [(None, None), (1024.0, None), (None, 0.0), (1024.0, 0.0), (None, 1.0), (1024.0, 1.0)]
+
+# Option sets: hyperparameters positional after found_inf, plus the step count the buffers are at. The betas are
+# float32 numbers (1 - 2^-k) so that these tests measure the kernels, not the rounding of the hyperparameters,
+# which test_adamw_beta2_close_to_one_in_float32 measures.
+SGD_OPTIONS = {
+    "momentum-dampening-wd-maximize": ((0.01, 0.9, 0.1, False, True), 3.0),
+    "nesterov-first-step": ((0.0, 0.9, 0.0, True, False), 0.0),
+    "no-momentum-wd": ((0.05, 0.0, 0.0, False, False), 5.0),
+}
+ADAMW_OPTIONS = {
+    "wd-first-step": ((0.875, 0.9990234375, 1e-8, 0.01, False, False), 0.0),
+    "amsgrad-maximize": ((0.5, 0.75, 1e-3, 0.0, True, True), 4.0),
+}
+
+
+def op_and_reference(algorithm):
+    if algorithm == "sgd":
+        return torch.ops.mimo_ext.sgd_step_.default, sgd_step_reference
+    return torch.ops.mimo_ext.adamw_step_.default, adamw_step_reference
+
+
+def state_count(algorithm):
+    return 1 if algorithm == "sgd" else 3
+
+
+class Call:
+    """The arguments of one step call: buffers of length n in ``dtype``, K gradient buffers (scaled by grad_scale
+    when given), coefficients [1, positive...], lr, step and the options."""
+
+    def __init__(self, algorithm, options, step, n, k, dtype, device, grad_scale=None, found_inf=None, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+
+        def randn(scale=1.0):
+            return (scale * torch.randn(n, generator=generator, dtype=torch.float64)).to(dtype).to(device)
+
+        self.algorithm = algorithm
+        self.param = randn()
+        if algorithm == "sgd":
+            self.states = [randn()]
+        else:
+            exp_avg_sq = torch.rand(n, generator=generator, dtype=torch.float64)
+            self.states = [randn(0.1), exp_avg_sq.to(dtype).to(device), (1.5 * exp_avg_sq).to(dtype).to(device)]
+        scale = 1.0 if grad_scale is None else grad_scale
+        self.grads = [randn(scale) for _ in range(k)]
+        coefficients = torch.rand(k, generator=generator, dtype=torch.float64) + 0.1
+        coefficients[0] = 1.0
+        self.coefficients = coefficients.float().to(device)
+        lr_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.lr = torch.tensor(0.05, dtype=lr_dtype, device=device)
+        self.step = torch.tensor(step, dtype=torch.float32, device=device)
+        self.grad_scale = None if grad_scale is None else torch.tensor(grad_scale, device=device)
+        self.found_inf = None if found_inf is None else torch.tensor([found_inf], device=device)
+        self.options = options
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Everything the call may write (param, states, step) and everything it reads."""
+        return [self.param, *self.states, self.step, *self.grads, self.coefficients, self.lr]
+
+    def clone(self, dtype=None, device=None) -> Call:
+        """A copy of every tensor, optionally on ``device``; with dtype=torch.float64 (the truth), the buffers,
+        coefficients and lr become float64 (step, grad_scale and found_inf keep their dtype)."""
+        other = Call.__new__(Call)
+        other.__dict__.update(self.__dict__)
+
+        def copy(t, convert=False):
+            if t is None:
+                return None
+            t = t.detach().clone().to(device or t.device)
+            return t.to(dtype) if convert and dtype is not None else t
+
+        other.param = copy(self.param, True)
+        other.states = [copy(s, True) for s in self.states]
+        other.grads = [copy(g, True) for g in self.grads]
+        other.coefficients = copy(self.coefficients, True)
+        other.lr = copy(self.lr, True)
+        other.step = copy(self.step)
+        other.grad_scale = copy(self.grad_scale)
+        other.found_inf = copy(self.found_inf)
+        return other
+
+    def args(self, compute_stats=True) -> tuple:
+        if self.algorithm == "sgd":
+            return (
+                self.param, self.states[0], self.grads, self.coefficients, self.lr, self.step, self.grad_scale,
+                self.found_inf, *self.options, compute_stats,
+            )  # fmt: skip
+        return (
+            self.param, *self.states, self.grads, self.coefficients, self.lr, self.step, self.grad_scale,
+            self.found_inf, *self.options, compute_stats,
+        )  # fmt: skip
+
+    def run(self, fn, compute_stats=True) -> torch.Tensor:
+        return fn(*self.args(compute_stats))
+
+
+def used_states(algorithm, options) -> list[int]:
+    """Indices of the state buffers the options use (the others must not be touched)."""
+    if algorithm == "sgd":
+        return [0] if options[1] != 0 else []
+    return [0, 1, 2] if options[4] else [0, 1]
+
+
+def stats_tolerance(call64: Call, n: int) -> torch.Tensor:
+    """A bound on the rounding error of each statistic computed in the math dtype: n + 2K + 4 roundings relative to
+    the sum of the magnitudes of the terms summed (recursive or blocked summation of n products)."""
+    g = [x.abs() for x in call64.grads]
+    c = call64.coefficients.abs()
+    inv = 1.0 if call64.grad_scale is None else 1.0 / call64.grad_scale.item()
+    squares = [(x * x).sum() * inv * inv for x in g]
+    dots = [(g[0] * x).sum() * inv * inv for x in g[1:]]
+    blended = sum(ck * x for ck, x in zip(c, g, strict=True)) * inv
+    return torch.stack([*squares, *dots, (blended * blended).sum()]) * (n + 2 * len(g) + 4)
+
+
+@pytest.mark.parametrize("scaling", SCALING, ids=lambda s: f"scale={s[0]}-found_inf={s[1]}")
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "algorithm, options",
+    [pytest.param("sgd", o, id=f"sgd-{name}") for name, o in SGD_OPTIONS.items()]
+    + [pytest.param("adamw", o, id=f"adamw-{name}") for name, o in ADAMW_OPTIONS.items()],
+)
+def test_op_matches_reference(device, algorithm, options, dtype, n, scaling):
+    op, reference = op_and_reference(algorithm)
+    hyper, step = options
+    grad_scale, found_inf = scaling
+    skipped = found_inf == 1.0
+    for k in KS:
+        call = Call(algorithm, hyper, step, n, k, dtype, device, grad_scale, found_inf, seed=k)
+        before = [t.clone() for t in call.tensors()]
+        ref = call.clone(device="cpu")
+        truth = call.clone(dtype=torch.float64, device="cpu")
+        stats = call.run(op)
+        ref_stats = ref.run(reference)
+        truth_stats = truth.run(reference)
+
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        assert stats.dtype == acc and stats.shape == (2 * k,) and stats.device == call.param.device
+        # The gradient buffers, coefficients and lr are only read.
+        assert_bit_identical(before[2 + len(call.states) :], call.tensors()[2 + len(call.states) :])
+        used = used_states(algorithm, hyper)
+        for s in range(len(call.states)):
+            if s not in used:
+                assert torch.equal(call.states[s], before[1 + s]), f"unused state {s} was written"
+        if skipped:
+            # found_inf set: nothing at all is written, and the statistics are zeros.
+            assert_bit_identical(before, call.tensors())
+            assert torch.equal(stats.cpu(), torch.zeros(2 * k, dtype=acc))
+            continue
+        assert call.step.item() == step + 1
+        what = f"K={k}"
+        assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what=f"{what} param")
+        for s in used:
+            assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"{what} s{s}")
+        # Statistics of the raw (unscaled) gradient buffers and of the blend, against float64.
+        assert ref_stats.shape == stats.shape
+        error = (stats.cpu().double() - truth_stats).abs()
+        tolerance = stats_tolerance(truth, n) * acc_eps(dtype)
+        assert (error <= tolerance).all(), (stats, truth_stats, tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_op_several_chunks(device, algorithm, dtype):
+    # Longer than one CPU chunk (16 K elements): the statistics are summed over chunks.
+    n = 2 * 16384 + 5
+    op, reference = op_and_reference(algorithm)
+    hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
+        "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
+    ]
+    call = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0)
+    ref, truth = call.clone(device="cpu"), call.clone(dtype=torch.float64, device="cpu")
+    stats = call.run(op)
+    ref.run(reference)
+    truth_stats = truth.run(reference)
+    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+    for s in used_states(algorithm, hyper):
+        assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"state {s}")
+    tolerance = stats_tolerance(truth, n) * acc_eps(dtype)
+    assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all()
+    # Deterministic: the same inputs give bit-identical outputs.
+    again = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0)
+    assert torch.equal(again.run(op), stats)
+    assert_bit_identical([call.param, *call.states], [again.param, *again.states])
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_compute_stats_false_returns_empty_and_same_update(device, algorithm):
+    op, _ = op_and_reference(algorithm)
+    hyper, step = next(iter((SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS).values()))
+    with_stats = Call(algorithm, hyper, step, 33, 3, torch.float32, device)
+    without = with_stats.clone()
+    assert with_stats.run(op, True).shape == (6,)
+    empty = without.run(op, False)
+    assert empty.shape == (0,) and empty.dtype == torch.float32
+    assert_bit_identical(with_stats.tensors(), without.tensors())
+
+
+def test_sixteen_grads_are_accepted(device):
+    op, reference = op_and_reference("adamw")
+    hyper, step = ADAMW_OPTIONS["amsgrad-maximize"]
+    call = Call("adamw", hyper, step, 11, 16, torch.float32, device)
+    ref, truth = call.clone(device="cpu"), call.clone(dtype=torch.float64, device="cpu")
+    call.run(op)
+    ref.run(reference)
+    truth.run(reference)
+    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: " + ADAMW_BETA2_BUG)
+@pytest.mark.parametrize("beta2", [0.999, 0.9999])
+def test_adamw_beta2_close_to_one_in_float32(device, beta2):
+    # One step from zero state: exp_avg_sq = (1 - beta2) * g^2 exactly up to float32 rounding.
+    n = 64
+    call = Call("adamw", (0.9, beta2, 1e-8, 0.0, False, False), 0.0, n, 1, torch.float32, device)
+    call.states[1].zero_()
+    call.run(torch.ops.mimo_ext.adamw_step_.default)
+    expected = (1 - beta2) * call.grads[0].double().cpu() ** 2
+    torch.testing.assert_close(call.states[1].cpu().double(), expected, rtol=4 * acc_eps(torch.float32), atol=0)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("scaling", [(None, None), (1024.0, 0.0), (4.0, 1.0)], ids=["plain", "scaled", "skipped"])
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_opcheck(device, algorithm, scaling, dtype):
+    hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
+        "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
+    ]
+    call = Call(algorithm, hyper, step, 37, 3, dtype, device, *scaling)
+    op, _ = op_and_reference(algorithm)
+    # opcheck runs the op on clones of the inputs several times (schema, fake tensors, AOT dispatch) and compares
+    # the outputs (the statistics) and the mutated inputs between runs.
+    torch.library.opcheck(op, call.args(compute_stats=True))
+
+
+# ---- bad input: a specific error, and nothing written
+
+OTHER_DEVICE = "meta"  # a device unlike the test's, that needs no GPU
+
+
+def _sgd(c: Call, **changes):
+    """sgd_step_ arguments of ``c`` with some replaced (by name)."""
+    names = ["param", "momentum_buffer", "grads", "coefficients", "lr", "step", "grad_scale", "found_inf"]
+    names += ["weight_decay", "momentum", "dampening", "nesterov", "maximize", "compute_stats"]
+    values = dict(zip(names, c.args(), strict=True))
+    values.update(changes)
+    return tuple(values[name] for name in names)
+
+
+def _adamw(c: Call, **changes):
+    names = ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grads", "coefficients", "lr", "step", "grad_scale"]
+    names += ["found_inf", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize", "compute_stats"]
+    values = dict(zip(names, c.args(), strict=True))
+    values.update(changes)
+    return tuple(values[name] for name in names)
+
+
+def _strided(t):
+    return torch.stack([t, t], dim=1)[:, 0]
+
+
+# (id, algorithm, error type, message fragment, builder of the bad arguments from a fresh Call with n=10, K=2).
+BAD_INPUTS = [
+    ("coefficients-count", "sgd", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
+     lambda c: _sgd(c, coefficients=c.coefficients[:1])),
+    ("coefficients-count", "adamw", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
+     lambda c: _adamw(c, coefficients=torch.ones(3, device=c.param.device))),
+    ("grads-length", "sgd", ValueError, r"grads\[1\] must have the length of param \(10\), got 9",
+     lambda c: _sgd(c, grads=[c.grads[0], c.grads[1][:9]])),
+    ("grads-length", "adamw", ValueError, r"grads\[0\] must have the length of param \(10\), got 11",
+     lambda c: _adamw(c, grads=[torch.zeros(11, device=c.param.device), c.grads[1]])),
+    ("grads-dtype", "sgd", TypeError, r"grads\[1\] must have the dtype of param",
+     lambda c: _sgd(c, grads=[c.grads[0], c.grads[1].double()])),
+    ("grads-dtype", "adamw", TypeError, r"grads\[0\] must have the dtype of param",
+     lambda c: _adamw(c, grads=[c.grads[0].half(), c.grads[1]])),
+    ("grads-strided", "sgd", ValueError, r"grads\[1\] must be contiguous",
+     lambda c: _sgd(c, grads=[c.grads[0], _strided(c.grads[1])])),
+    ("grads-strided", "adamw", ValueError, r"grads\[0\] must be contiguous",
+     lambda c: _adamw(c, grads=[_strided(c.grads[0]), c.grads[1]])),
+    ("grads-17", "sgd", ValueError, "grads may hold at most 16 buffers",
+     lambda c: _sgd(c, grads=[c.grads[0]] * 17, coefficients=torch.ones(17, device=c.param.device))),
+    ("grads-17", "adamw", ValueError, "grads may hold at most 16 buffers",
+     lambda c: _adamw(c, grads=[c.grads[0]] * 17, coefficients=torch.ones(17, device=c.param.device))),
+    ("grads-empty", "sgd", ValueError, "grads must hold at least one buffer",
+     lambda c: _sgd(c, grads=[], coefficients=c.coefficients[:0])),
+    ("grads-overlap-param", "sgd", ValueError, r"grads\[0\] overlaps param",
+     lambda c: _sgd(c, grads=[c.param, c.grads[1]])),
+    ("grads-overlap-state", "adamw", ValueError, r"grads\[1\] overlaps exp_avg_sq",
+     lambda c: _adamw(c, grads=[c.grads[0], c.states[1]])),
+    ("param-strided", "sgd", ValueError, "param must be contiguous",
+     lambda c: _sgd(c, param=_strided(c.param))),
+    ("param-2d", "adamw", ValueError, "param must be a 1-D buffer",
+     lambda c: _adamw(c, param=c.param.view(2, 5))),
+    ("param-int", "sgd", TypeError, "param must be float32, float64, float16 or bfloat16",
+     lambda c: _sgd(c, param=c.param.int())),
+    ("momentum-length", "sgd", ValueError, r"momentum_buffer must have the length of param \(10\), got 9",
+     lambda c: _sgd(c, momentum_buffer=c.states[0][:9])),
+    ("momentum-strided", "sgd", ValueError, "momentum_buffer must be contiguous",
+     lambda c: _sgd(c, momentum_buffer=_strided(c.states[0]))),
+    ("exp_avg-dtype", "adamw", TypeError, "exp_avg must have the dtype of param",
+     lambda c: _adamw(c, exp_avg=c.states[0].double())),
+    ("max_exp_avg_sq-length", "adamw", ValueError, "max_exp_avg_sq must have the length of param",
+     lambda c: _adamw(c, max_exp_avg_sq=c.states[2][:3])),
+    ("state-overlap", "adamw", ValueError, "exp_avg_sq overlaps exp_avg",
+     lambda c: _adamw(c, exp_avg_sq=c.states[0])),
+    ("lr-shape", "sgd", ValueError, "lr must hold a single value",
+     lambda c: _sgd(c, lr=torch.ones(2, device=c.param.device))),
+    ("lr-int", "adamw", TypeError, "lr must be a floating-point tensor",
+     lambda c: _adamw(c, lr=torch.ones((), dtype=torch.int64, device=c.param.device))),
+    ("step-dtype", "adamw", TypeError, "step must be a float32 tensor",
+     lambda c: _adamw(c, step=c.step.double())),
+    ("grad_scale-shape", "sgd", ValueError, "grad_scale must hold a single value",
+     lambda c: _sgd(c, grad_scale=torch.ones(2, device=c.param.device))),
+    ("found_inf-shape", "adamw", ValueError, "found_inf must hold a single value",
+     lambda c: _adamw(c, found_inf=torch.zeros(3, device=c.param.device))),
+    ("nesterov-no-momentum", "sgd", ValueError, "nesterov requires momentum > 0 and dampening == 0",
+     lambda c: _sgd(c, momentum=0.0, nesterov=True)),
+    ("nesterov-dampening", "sgd", ValueError, "nesterov requires momentum > 0 and dampening == 0",
+     lambda c: _sgd(c, dampening=0.5, nesterov=True)),
+    ("weight_decay-negative", "sgd", ValueError, "weight_decay must be finite and >= 0",
+     lambda c: _sgd(c, weight_decay=-0.1)),
+    ("momentum-nan", "sgd", ValueError, "momentum must be finite and >= 0",
+     lambda c: _sgd(c, momentum=float("nan"))),
+    ("beta1-one", "adamw", ValueError, r"beta1 must be in \[0, 1\)", lambda c: _adamw(c, beta1=1.0)),
+    ("beta2-negative", "adamw", ValueError, r"beta2 must be in \[0, 1\)", lambda c: _adamw(c, beta2=-0.5)),
+    ("eps-nan", "adamw", ValueError, "eps must be finite and >= 0", lambda c: _adamw(c, eps=float("nan"))),
+]  # fmt: skip
+
+
+def _fresh_call(algorithm, device):
+    hyper = SGD_OPTIONS["momentum-dampening-wd-maximize"][0] if algorithm == "sgd" else (0.9, 0.99, 1e-8, 0.1, True, False)
+    return Call(algorithm, hyper, 2.0, 10, 2, torch.float32, device, 8.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "algorithm, error, match, build", [pytest.param(*case[1:], id=f"{case[1]}-{case[0]}") for case in BAD_INPUTS]
+)
+def test_bad_input_is_rejected_before_any_write(device, algorithm, error, match, build):
+    call = _fresh_call(algorithm, device)
+    op, _ = op_and_reference(algorithm)
+    args = build(call)
+    before = [t.clone() for t in call.tensors()]
+    with pytest.raises(error, match=match):
+        op(*args)
+    assert_bit_identical(before, call.tensors())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,  # DID NOT RAISE
+    reason="BUG: mimo_ext/ops.py _sgd_step_fake/_adamw_step_fake do not check devices (as _blend_fake does), and a "
+    "call mixing meta and real tensors is dispatched to them: the step silently does nothing and returns garbage",
+)
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", ["coefficients", "lr", "step", "grads"])
+def test_tensor_on_another_device_is_rejected(device, algorithm, name):
+    call = _fresh_call(algorithm, device)
+    op, _ = op_and_reference(algorithm)
+    build = _sgd if algorithm == "sgd" else _adamw
+    moved = [g.to(OTHER_DEVICE) for g in call.grads] if name == "grads" else getattr(call, name).to(OTHER_DEVICE)
+    before = [t.clone() for t in call.tensors()]
+    with pytest.raises(ValueError, match="must be on the device of param"):
+        op(*build(call, **{name: moved}))
+    assert_bit_identical(before, call.tensors())
