@@ -40,7 +40,8 @@ C10_HOST_DEVICE inline acc_t sqrt_(acc_t x) {
 template <typename acc_t>
 struct SgdUpdate {
   // The state buffers in use: kStatesWithout without momentum, one more (the momentum buffer) with it. Kernels
-  // make the count a compile-time constant, so that their inner loops over the buffers unroll.
+  // pass the count as a compile-time constant (apply<kStates>), so their inner loops unroll and the option tests
+  // are resolved outside the element loop.
   static constexpr int kStatesWithout = 0;
 
   acc_t weight_decay;
@@ -48,24 +49,29 @@ struct SgdUpdate {
   acc_t dampening;
   bool nesterov;
   bool maximize;
+  bool with_weight_decay;  // weight_decay != 0, decided once (a float test per element keeps the loop scalar)
 
   struct PerStep {
     acc_t lr;
-    bool first;
+    acc_t keep;  // factor of the old momentum buffer: 0 on the first step, momentum after
+    acc_t take;  // factor of the gradient: 1 on the first step (the buffer starts at g), 1 - dampening after
   };
 
   C10_HOST_DEVICE PerStep prepare(acc_t lr, float step) const {
-    return {lr, step == 0.0f};
+    const bool first = step == 0.0f;
+    return {lr, first ? acc_t(0) : momentum, first ? acc_t(1) : acc_t(1) - dampening};
   }
 
-  // Written as selects rather than branches, so that the CPU compiler vectorises the loop around it.
-  C10_HOST_DEVICE void operator()(const PerStep& s, acc_t& param, acc_t* state, acc_t grad) const {
+  // Selects on booleans rather than branches, so that the CPU compiler vectorises the loop around it.
+  template <int kStates>
+  C10_HOST_DEVICE void apply(const PerStep& s, acc_t& param, acc_t* state, acc_t grad) const {
     grad = maximize ? -grad : grad;
-    grad = weight_decay != acc_t(0) ? grad + weight_decay * param : grad;
-    const bool with_momentum = momentum != acc_t(0);
-    const acc_t buf = s.first ? grad : momentum * state[0] + (acc_t(1) - dampening) * grad;
-    state[0] = with_momentum ? buf : state[0];
-    grad = with_momentum ? (nesterov ? grad + momentum * buf : buf) : grad;
+    grad = with_weight_decay ? grad + weight_decay * param : grad;
+    if constexpr (kStates > 0) {
+      const acc_t buf = s.keep * state[0] + s.take * grad;
+      state[0] = buf;
+      grad = nesterov ? grad + momentum * buf : buf;
+    }
     param -= s.lr * grad;
   }
 };
@@ -79,10 +85,17 @@ struct AdamWUpdate {
 
   acc_t beta1;
   acc_t beta2;
+  // 1 - beta computed in double on the host: in float, 1 - 0.999f is off by 1e-5 relative (torch.optim computes
+  // it in double too).
+  acc_t one_minus_beta1;
+  acc_t one_minus_beta2;
   acc_t eps;
-  acc_t weight_decay;
   bool amsgrad;
   bool maximize;
+  // The per-step factors are computed in double once per thread, as torch.optim does on the host.
+  double weight_decay;
+  double beta1_exact;
+  double beta2_exact;
 
   struct PerStep {
     acc_t decay;      // 1 - lr * weight_decay
@@ -91,21 +104,24 @@ struct AdamWUpdate {
   };
 
   C10_HOST_DEVICE PerStep prepare(acc_t lr, float step) const {
-    const acc_t t = static_cast<acc_t>(step) + acc_t(1);
-    return {acc_t(1) - lr * weight_decay, lr / (acc_t(1) - pow_(beta1, t)), sqrt_(acc_t(1) - pow_(beta2, t))};
+    const double t = static_cast<double>(step) + 1.0;
+    const double lr_d = static_cast<double>(lr);
+    return {static_cast<acc_t>(1.0 - lr_d * weight_decay),
+            static_cast<acc_t>(lr_d / (1.0 - pow_(beta1_exact, t))),
+            static_cast<acc_t>(sqrt_(1.0 - pow_(beta2_exact, t)))};
   }
 
-  C10_HOST_DEVICE void operator()(const PerStep& s, acc_t& param, acc_t* state, acc_t grad) const {
-    if (maximize) {
-      grad = -grad;
-    }
+  // kStates: 3 with amsgrad (max_exp_avg_sq third), 2 without.
+  template <int kStates>
+  C10_HOST_DEVICE void apply(const PerStep& s, acc_t& param, acc_t* state, acc_t grad) const {
+    grad = maximize ? -grad : grad;
     acc_t& exp_avg = state[0];
     acc_t& exp_avg_sq = state[1];
     param *= s.decay;
-    exp_avg = beta1 * exp_avg + (acc_t(1) - beta1) * grad;
-    exp_avg_sq = beta2 * exp_avg_sq + (acc_t(1) - beta2) * grad * grad;
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * grad;
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * grad * grad;
     acc_t second = exp_avg_sq;
-    if (amsgrad) {
+    if constexpr (kStates > 2) {
       acc_t& max_exp_avg_sq = state[2];
       max_exp_avg_sq = max_exp_avg_sq > exp_avg_sq ? max_exp_avg_sq : exp_avg_sq;
       second = max_exp_avg_sq;

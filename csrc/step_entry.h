@@ -152,13 +152,14 @@ at::Tensor adamw_step_op(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp
 template <typename acc_t>
 math::SgdUpdate<acc_t> make_update(const SgdOptions& o) {
   return {static_cast<acc_t>(o.weight_decay), static_cast<acc_t>(o.momentum), static_cast<acc_t>(o.dampening),
-          o.nesterov, o.maximize};
+          o.nesterov, o.maximize, o.weight_decay != 0};
 }
 
 template <typename acc_t>
 math::AdamWUpdate<acc_t> make_update(const AdamWOptions& o) {
-  return {static_cast<acc_t>(o.beta1), static_cast<acc_t>(o.beta2), static_cast<acc_t>(o.eps),
-          static_cast<acc_t>(o.weight_decay), o.amsgrad, o.maximize};
+  return {static_cast<acc_t>(o.beta1), static_cast<acc_t>(o.beta2), static_cast<acc_t>(1.0 - o.beta1),
+          static_cast<acc_t>(1.0 - o.beta2), static_cast<acc_t>(o.eps), o.amsgrad, o.maximize, o.weight_decay,
+          o.beta1, o.beta2};
 }
 
 }  // namespace mimo_ext

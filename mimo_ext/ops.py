@@ -110,7 +110,11 @@ def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: 
     return None
 
 
-def _step_stats_fake(param: torch.Tensor, grads: list[torch.Tensor], compute_stats: bool) -> torch.Tensor:
+def _step_stats_fake(op: str, param: torch.Tensor, named: dict, grads: list[torch.Tensor], compute_stats: bool):
+    # As in _check_blend_devices: a call mixing meta and real tensors lands here and must not pass unnoticed.
+    for name, t in [*named.items(), *((f"grads[{k}]", g) for k, g in enumerate(grads))]:
+        if t is not None and t.device != param.device:
+            raise ValueError(f"{op}: {name} must be on the device of param ({param.device}), got {t.device}")
     acc = torch.float64 if param.dtype == torch.float64 else torch.float32
     return param.new_empty(2 * len(grads) if compute_stats else 0, dtype=acc)
 
@@ -132,7 +136,15 @@ def _sgd_step_fake(
     maximize,
     compute_stats,
 ) -> torch.Tensor:
-    return _step_stats_fake(param, grads, compute_stats)
+    named = dict(
+        momentum_buffer=momentum_buffer,
+        coefficients=coefficients,
+        lr=lr,
+        step=step,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+    return _step_stats_fake("mimo_ext.sgd_step_", param, named, grads, compute_stats)
 
 
 @torch.library.register_fake("mimo_ext::adamw_step_")
@@ -155,7 +167,17 @@ def _adamw_step_fake(
     maximize,
     compute_stats,
 ) -> torch.Tensor:
-    return _step_stats_fake(param, grads, compute_stats)
+    named = dict(
+        exp_avg=exp_avg,
+        exp_avg_sq=exp_avg_sq,
+        max_exp_avg_sq=max_exp_avg_sq,
+        coefficients=coefficients,
+        lr=lr,
+        step=step,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+    return _step_stats_fake("mimo_ext.adamw_step_", param, named, grads, compute_stats)
 
 
 # Autograd of smooth_max: d value / d losses = weights (the weights output has no gradient).

@@ -97,7 +97,7 @@ void step_cpu_typed(const StepBuffers& b, const Update& update) {
           for (int s = 0; s < kStates; ++s) {
             st[s] = static_cast<acc_t>(states[s][start + i]);
           }
-          update(per_step, p, st, g[i]);
+          update.template apply<kStates>(per_step, p, st, g[i]);
           p_block[i] = static_cast<scalar_t>(p);
           for (int s = 0; s < kStates; ++s) {
             states[s][start + i] = static_cast<scalar_t>(st[s]);

@@ -91,7 +91,7 @@ __device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const
     for (int s = 0; s < kStates; ++s) {
       st[s] = static_cast<acc_t>(states[s].val[j]);
     }
-    update(per_step, value, st, g[j]);
+    update.template apply<kStates>(per_step, value, st, g[j]);
     param.val[j] = static_cast<scalar_t>(value);
 #pragma unroll
     for (int s = 0; s < kStates; ++s) {

@@ -48,14 +48,21 @@ void test_sgd() {
   for (const Case& c : cases) {
     for (int element = 0; element < 3; ++element) {
       const SgdUpdate<acc_t> update{static_cast<acc_t>(c.weight_decay), static_cast<acc_t>(c.momentum),
-                                    static_cast<acc_t>(c.dampening), c.nesterov, c.maximize};
+                                    static_cast<acc_t>(c.dampening), c.nesterov, c.maximize, c.weight_decay != 0};
+      const auto apply = [&](auto&&... args) {
+        if (c.momentum != 0) {
+          update.template apply<1>(args...);
+        } else {
+          update.template apply<0>(args...);
+        }
+      };
       acc_t param = static_cast<acc_t>(0.5L - element);
       acc_t state[kMaxStates] = {};
       ld ref_param = param;
       ld ref_buf = 0;
       for (int t = 0; t < kSteps; ++t) {
         const ld g_in = static_cast<acc_t>(gradient(t, element));
-        update(update.prepare(static_cast<acc_t>(c.lr), static_cast<float>(t)), param, state, static_cast<acc_t>(g_in));
+        apply(update.prepare(static_cast<acc_t>(c.lr), static_cast<float>(t)), param, state, static_cast<acc_t>(g_in));
         // torch.optim.SGD, written out.
         ld g = c.maximize ? -g_in : g_in;
         g += static_cast<ld>(static_cast<acc_t>(c.weight_decay)) * ref_param;
@@ -92,17 +99,29 @@ void test_adamw() {
   };
   for (const Case& c : cases) {
     for (int element = 0; element < 3; ++element) {
-      const AdamWUpdate<acc_t> update{static_cast<acc_t>(c.beta1), static_cast<acc_t>(c.beta2),
-                                      static_cast<acc_t>(c.eps), static_cast<acc_t>(c.weight_decay), c.amsgrad,
-                                      c.maximize};
+      const AdamWUpdate<acc_t> update{static_cast<acc_t>(c.beta1),
+                                      static_cast<acc_t>(c.beta2),
+                                      static_cast<acc_t>(1 - static_cast<double>(c.beta1)),
+                                      static_cast<acc_t>(1 - static_cast<double>(c.beta2)),
+                                      static_cast<acc_t>(c.eps),
+                                      c.amsgrad,
+                                      c.maximize,
+                                      static_cast<double>(c.weight_decay),
+                                      static_cast<double>(c.beta1),
+                                      static_cast<double>(c.beta2)};
       acc_t param = static_cast<acc_t>(0.5L - element);
       acc_t state[kMaxStates] = {};
       ld p = param, m = 0, v = 0, v_max = 0;
-      const ld lr = static_cast<acc_t>(c.lr), b1 = static_cast<acc_t>(c.beta1), b2 = static_cast<acc_t>(c.beta2);
-      const ld eps = static_cast<acc_t>(c.eps), wd = static_cast<acc_t>(c.weight_decay);
+      const ld lr = static_cast<acc_t>(c.lr), b1 = static_cast<double>(c.beta1), b2 = static_cast<double>(c.beta2);
+      const ld eps = static_cast<acc_t>(c.eps), wd = static_cast<double>(c.weight_decay);
       for (int t = 0; t < kSteps; ++t) {
         const ld g_in = static_cast<acc_t>(gradient(t, element));
-        update(update.prepare(static_cast<acc_t>(c.lr), static_cast<float>(t)), param, state, static_cast<acc_t>(g_in));
+        const auto per_step = update.prepare(static_cast<acc_t>(c.lr), static_cast<float>(t));
+        if (c.amsgrad) {
+          update.template apply<3>(per_step, param, state, static_cast<acc_t>(g_in));
+        } else {
+          update.template apply<2>(per_step, param, state, static_cast<acc_t>(g_in));
+        }
         // torch.optim.AdamW, written out (step t + 1 in its 1-based count).
         const ld g = c.maximize ? -g_in : g_in;
         p *= 1 - lr * wd;

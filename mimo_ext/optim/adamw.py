@@ -27,7 +27,8 @@ class MIMOAdamW(MIMOOptimizer):
         diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
 
     The step count is kept per bucket (param group, device, dtype) as a float32 device tensor, so the bias
-    correction needs no host value; a parameter skipped on some steps uses its bucket's count.
+    correction needs no host value. A parameter first reached after the bucket's first step starts at 0, as in
+    torch.optim; one skipped on some later steps then uses its bucket's count (torch.optim counts per parameter).
 
     Example:
         >>> model = torch.nn.Linear(3, 2)

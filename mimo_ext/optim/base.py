@@ -55,7 +55,7 @@ class StepDiagnostics:
 class _PendingObjectives:
     """What ``backward`` leaves for the next ``step``."""
 
-    uni_losses: torch.Tensor  # [M] float32, detached, unscaled
+    uni_losses: torch.Tensor  # [M] detached, unscaled, float64
     reached: dict[int, list[bool]]  # per bucket id: any objective reached the parameter
     num_objectives: int
     loss_scale: torch.Tensor | None  # the GradScaler scale the losses were multiplied by
@@ -261,7 +261,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
             if scale is not None:
                 self._flag_non_finite(b, len(objectives))
         with torch.no_grad():
-            uni_values = torch.stack([f.detach().to(torch.float32) for f in uni])
+            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
         self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
     @staticmethod
@@ -315,27 +315,30 @@ class MIMOOptimizer(torch.optim.Optimizer):
         return loss
 
     def _weights(self, group: dict, pending: _PendingObjectives) -> torch.Tensor:
+        # In float64 (M values, on the device): float64 parameters then get float64-accurate coefficients even from
+        # float32 losses, and the cast to each bucket's math dtype rounds once.
         mu = group["mu"]
-        losses = pending.uni_losses
+        losses = pending.uni_losses.double()
         if isinstance(mu, torch.Tensor):
             # softmax(f / mu) = smooth_max(f / mu, 1): the temperature stays on the device.
-            return smooth_max(losses / mu.to(losses.device, torch.float32).reshape(()), 1.0)[1]
+            return smooth_max(losses / mu.to(losses.device, torch.float64).reshape(()), 1.0)[1]
         return smooth_max(losses, float(mu))[1]
 
     def _coefficients(self, group, bucket, pending, weights, grad_scale) -> torch.Tensor:
         device = bucket.device
+        dtype = _math_dtype(bucket.dtype)
         gamma = group["gamma"]
         if isinstance(gamma, torch.Tensor):
-            gamma = gamma.to(device, torch.float32).reshape(())
-        tail = weights.to(device, non_blocking=True) * gamma
+            gamma = gamma.to(device, dtype).reshape(())
+        tail = weights.to(device, dtype, non_blocking=True) * gamma
         if pending.loss_scale is not None:
             # g_m (m >= 1) were scaled by the loss scale of backward(); g0 is divided by grad_scale in the kernel,
             # which is that same scale, or None when GradScaler.unscale_ already unscaled g0 (.grad) in place.
             factor = pending.loss_scale.to(device).reciprocal()
             if grad_scale is not None:
-                factor = factor * grad_scale.to(device, torch.float32)
+                factor = factor * grad_scale.to(device, dtype)
             tail = tail * factor
-        return torch.cat([torch.ones(1, device=device, dtype=torch.float32), tail.to(torch.float32)])
+        return torch.cat([torch.ones(1, device=device, dtype=dtype), tail.to(dtype)])
 
     def _single_grads(self, bucket: FlatBucket) -> tuple[list[torch.Tensor], list[bool]]:
         """The K = 1 path: .grad in the flat buffer 0 (copied there once when it is not already a view of it)."""
@@ -355,12 +358,18 @@ class MIMOOptimizer(torch.optim.Optimizer):
         return [buffer], reached
 
     def _lr_tensor(self, group: dict, bucket: FlatBucket) -> torch.Tensor:
+        """lr as a one-element tensor in the bucket's math dtype on its device; a float lr is written into a cached
+        tensor only when it changes (one small fill, no synchronisation)."""
         lr = group["lr"]
         if isinstance(lr, torch.Tensor):
             return lr.to(bucket.device)
         cached = self._lr_tensors.get(id(bucket))
         if cached is None or cached[0] != lr:
-            tensor = cached[1] if cached is not None else torch.empty((), device=bucket.device)
+            tensor = (
+                cached[1]
+                if cached is not None
+                else torch.empty((), device=bucket.device, dtype=_math_dtype(bucket.dtype))
+            )
             tensor.fill_(lr)
             self._lr_tensors[id(bucket)] = (lr, tensor)
             return tensor
@@ -373,8 +382,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
             coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
         else:
             grads, reached = self._single_grads(bucket)
-            coefficients = torch.ones(1, device=bucket.device, dtype=torch.float32)
-        segments = bucket.segments(reached)
+            coefficients = torch.ones(1, device=bucket.device, dtype=_math_dtype(bucket.dtype))
+        # A parameter reached for the first time after the bucket's first step starts from a step count of 0, as
+        # torch.optim's per-parameter count would (SGD starts its momentum at g, AdamW's bias correction is t = 1).
+        fresh = [bucket.launched and not s for s in bucket.stepped]
+        segments = bucket.segments(reached, fresh)
         if not segments:
             return None
         names = self._state_names(group)
@@ -386,11 +398,17 @@ class MIMOOptimizer(torch.optim.Optimizer):
         if found_inf is not None:
             found_inf = found_inf.to(bucket.device)
         use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
-        step_before = bucket.step.clone() if len(segments) > 1 else None
+        step_before = bucket.step.clone() if sum(not f for _, _, f in segments) > 1 else None
+        advanced = False
         total = None
-        for n, (start, stop) in enumerate(segments):
+        for start, stop, is_fresh in segments:
             # Every segment reads the step count of before this step; the first one advances the bucket's.
-            step = bucket.step if n == 0 else step_before.clone()
+            if is_fresh:
+                step = torch.zeros((), dtype=torch.float32, device=bucket.device)
+            elif not advanced:
+                step, advanced = bucket.step, True
+            else:
+                step = step_before.clone()
             stats = self._call_step(
                 group,
                 bucket.param_buffer[start:stop],
@@ -405,6 +423,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 use_kernel,
             )
             total = stats if total is None else total + stats
+        bucket.launched = True
+        bucket.stepped = [s or r for s, r in zip(bucket.stepped, reached, strict=True)]
         if self.diagnostics and pending is not None and pending.loss_scale is not None:
             total = total * self._stats_rescale(pending, grad_scale, total)
         return total if self.diagnostics else None
@@ -420,6 +440,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
         sq = torch.cat([one, (ratio * ratio).expand(k - 1)])
         dots = ratio.expand(k - 1)
         return torch.cat([sq, dots.reshape(-1), one])
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in for parameters of ``dtype`` (float64 stays float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _diagnostics(stats: torch.Tensor, weights: torch.Tensor | None) -> StepDiagnostics:

@@ -23,6 +23,7 @@ class FlatBucket:
             buffer), allocated on first use.
         touched: per parameter, whether a backward pass accumulated into it since the flags were last cleared
             (set by a post-accumulate-grad hook, on the host: no synchronisation).
+        stepped: per parameter, whether it has taken part in a step.
     """
 
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
@@ -42,6 +43,10 @@ class FlatBucket:
                 p.data = view
         self.grad_buffers: list[torch.Tensor] = []
         self.touched = [False] * len(params)
+        # Host-side record of which parameters have taken part in a step, and whether any step ran: a parameter
+        # reached for the first time after the bucket's first step gets a step count of its own for that step.
+        self.stepped = [False] * len(params)
+        self.launched = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
 
     def _make_hook(self, index: int):
@@ -79,17 +84,18 @@ class FlatBucket:
         for i, p in enumerate(self.params):
             p.grad = self.view(buffer, i)
 
-    def segments(self, reached: list[bool]) -> list[tuple[int, int]]:
-        """Element ranges [start, stop) covering the runs of consecutive reached parameters."""
-        runs: list[tuple[int, int]] = []
+    def segments(self, reached: list[bool], fresh: list[bool]) -> list[tuple[int, int, bool]]:
+        """Element ranges ``(start, stop, fresh)`` covering the runs of consecutive reached parameters that share
+        the same ``fresh`` flag."""
+        runs: list[tuple[int, int, bool]] = []
         for i, hit in enumerate(reached):
             if not hit or self.numels[i] == 0:
                 continue
             start, stop = self.offsets[i], self.offsets[i] + self.numels[i]
-            if runs and runs[-1][1] == start:
-                runs[-1] = (runs[-1][0], stop)
+            if runs and runs[-1][1] == start and runs[-1][2] == fresh[i]:
+                runs[-1] = (runs[-1][0], stop, fresh[i])
             else:
-                runs.append((start, stop))
+                runs.append((start, stop, fresh[i]))
         return runs
 
     def remove_hooks(self) -> None:
