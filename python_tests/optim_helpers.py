@@ -3,16 +3,29 @@ late-fusion training setup, and snapshots of an optimizer's parameters and state
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
-import pytest
 import torch
 from torch import nn
 
+import mimo_ext
 from mimo_ext.models import LateFusionMLP
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Runs with ``n`` intra-op threads, then restores the count. The optimizer tests use tiny tensors, where a
+    second thread only adds synchronisation (very costly on a loaded 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def acc_eps(dtype: torch.dtype) -> float:
@@ -51,57 +64,6 @@ def assert_within_reference_error(
     )
 
 
-class AdamWBeta2PrecisionBug(AssertionError):
-    """Raised (after every other check passed) when exp_avg_sq misses its tolerance: see ADAMW_BETA2_BUG."""
-
-
-ADAMW_BETA2_BUG = (
-    "csrc/optim_math.h AdamWUpdate: beta2 is rounded to float32 (make_update in csrc/step_entry.h) and 1 - beta2 is "
-    "then computed in float32, so for float32/half storage exp_avg_sq is scaled by (1 - float(beta2)) instead of "
-    "(1 - beta2): relative error 1.3e-5 for beta2=0.999 and 1.7e-4 for 0.9999 (torch.optim.AdamW, fused or not, "
-    "and adamw_step_reference use 1 - beta2 in double)"
-)
-
-
-def xfail_beta2_bug():
-    return pytest.mark.xfail(strict=True, raises=AdamWBeta2PrecisionBug, reason=ADAMW_BETA2_BUG)
-
-
-class Float64PrecisionBug(AssertionError):
-    """Raised (after every other check passed) when a float64 result misses float64 accuracy: see FLOAT64_BUG."""
-
-
-FLOAT64_BUG = (
-    "float64 parameters are updated with float32-rounded scalars: mimo_ext/optim/base.py _lr_tensor stores a float "
-    "lr in a float32 tensor (torch.empty((), device=...) takes the default dtype), e.g. lr=0.1 becomes "
-    "0.10000000149; and on the per-objective path backward() keeps the uni-modal losses in float32 and "
-    "_coefficients forms [1, gamma * w] in float32. Updates are then only float32-accurate (relative error ~1e-8)"
-)
-
-
-def xfail_float64_bug():
-    return pytest.mark.xfail(strict=True, raises=Float64PrecisionBug, reason=FLOAT64_BUG)
-
-
-class DeferredChecks:
-    """Runs checks that a known bug makes fail, records their failures, and raises ``error`` at the end, so that
-    every other check of the test still runs (and fails the test normally when it fails)."""
-
-    def __init__(self, error: type[AssertionError]) -> None:
-        self.error = error
-        self.failures: list[str] = []
-
-    def check(self, fn, *args, **kwargs) -> None:
-        try:
-            fn(*args, **kwargs)
-        except AssertionError as failure:
-            self.failures.append(str(failure).splitlines()[0])
-
-    def raise_any(self) -> None:
-        if self.failures:
-            raise self.error(f"{len(self.failures)} failed: " + " | ".join(self.failures[:3]))
-
-
 def linear_objective(params, grads, value: torch.Tensor) -> torch.Tensor:
     """A 0-dim float32 loss whose value is ``value`` and whose gradient with respect to ``params[i]`` is exactly
     ``grads[i]`` (None: the parameter is not reached), in the parameter's own dtype."""
@@ -112,12 +74,6 @@ def linear_objective(params, grads, value: torch.Tensor) -> torch.Tensor:
         term = (p * g).sum()
         total = total + (term - term.detach()).to(torch.float32)
     return total
-
-
-def softmax_coefficients(losses: torch.Tensor, gamma: float, mu: float) -> torch.Tensor:
-    """``[1, gamma * softmax(f / mu)]`` in float64: the exact MIMO blend coefficients."""
-    w = torch.softmax(losses.double().cpu() / mu, 0)
-    return torch.cat([torch.ones(1, dtype=torch.float64), gamma * w])
 
 
 # ---- a small late-fusion training setup
@@ -145,8 +101,6 @@ def objectives(model: nn.Module, inputs, labels) -> tuple[torch.Tensor, list[tor
 def train_step(model, opt, step: int, path: str, *, gamma=1.0, mu=0.1, scaler=None, input_dims=(5, 4)) -> None:
     """One training step on batch ``step``: ``path`` "objectives" uses opt.backward(f0, fs), "single" one backward
     of mimo_loss. With a GradScaler, both go through scaler.step/update."""
-    import mimo_ext
-
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     inputs, labels = make_batch(step, input_dims, dtype=dtype, device=device)

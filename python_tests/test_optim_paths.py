@@ -13,6 +13,7 @@ from optim_helpers import (
     make_model,
     objectives,
     snapshot,
+    threads,
     train_step,
 )
 
@@ -25,6 +26,12 @@ OPTIMIZERS = {
     "adamw": lambda params, **kw: MIMOAdamW(params, lr=0.01, weight_decay=0.05, **kw),
     "adamw-amsgrad": lambda params, **kw: MIMOAdamW(params, lr=0.01, amsgrad=True, maximize=False, **kw),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with threads(1):
+        yield
 
 
 @pytest.mark.parametrize("input_dims", [(5, 4), (5, 4, 3)], ids=["M=2", "M=3"])
@@ -68,26 +75,33 @@ def test_per_objective_path_leaves_grad_as_g0(device):
 def test_unreached_parameters_are_unchanged(device, name, path):
     # A parameter no objective ever reaches (in the middle of the bucket) and one reached only on the first steps:
     # with weight decay and momentum, both stay bit-identical, parameter and state, while they are not reached.
+    # The reached parameters (several runs of the bucket) are updated as by an optimizer without the others.
     model = make_model(device=device)
+    twin = clone_model(model)
     never = torch.nn.Parameter(torch.randn(3, 2, device=device))
     sometimes = torch.nn.Parameter(torch.randn(4, device=device))
     params = list(model.encoders.parameters()) + [never, sometimes] + list(model.uni_heads.parameters())
     params += list(model.fusion_head.parameters())
     opt = OPTIMIZERS[name](params)
+    twin_params = list(twin.encoders.parameters()) + list(twin.uni_heads.parameters())
+    twin_opt = OPTIMIZERS[name](twin_params + list(twin.fusion_head.parameters()))
     never_before = [never.detach().clone()] + [v.clone() for k, v in opt.state[never].items() if k != "step"]
     for step in range(5):
-        inputs, labels = make_batch(step, device=device)
-        opt.zero_grad()
-        f0, fs = objectives(model, inputs, labels)
-        if step < 2:
-            f0 = f0 + (sometimes**2).sum()
-        if step == 2:
-            sometimes_before = snapshot_of(opt, sometimes)
-        if path == "objectives":
-            opt.backward(f0, fs)
-        else:
-            mimo_ext.mimo_loss(f0, fs).backward()
-        opt.step()
+        for m, o, extra in ((model, opt, True), (twin, twin_opt, False)):
+            inputs, labels = make_batch(step, device=device)
+            o.zero_grad()
+            f0, fs = objectives(m, inputs, labels)
+            if extra and step < 2:
+                f0 = f0 + (sometimes**2).sum()
+            if extra and step == 2:
+                sometimes_before = snapshot_of(opt, sometimes)
+            if path == "objectives":
+                o.backward(f0, fs)
+            else:
+                mimo_ext.mimo_loss(f0, fs).backward()
+            o.step()
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
     assert_bit_identical(never_before, [never.detach()] + [v for k, v in opt.state[never].items() if k != "step"])
     assert_bit_identical(sometimes_before, snapshot_of(opt, sometimes))
     # ... and it did move, with nonzero state, while it was reached.
@@ -108,7 +122,8 @@ def test_parameter_reached_only_by_a_unimodal_loss(device, path):
     f0, fs = objectives(model, inputs, labels)
     w = torch.softmax(torch.stack(fs).detach() / mu, 0)
     before = [[p.detach().clone() for p in head.parameters()] for head in model.uni_heads]
-    grads = [torch.autograd.grad(f, list(head.parameters()), retain_graph=True) for f, head in zip(fs, model.uni_heads)]
+    heads = list(model.uni_heads)
+    grads = [torch.autograd.grad(f, list(h.parameters()), retain_graph=True) for f, h in zip(fs, heads, strict=True)]
     if path == "objectives":
         opt.backward(f0, fs)
     else:
@@ -137,7 +152,8 @@ def test_diagnostics_per_objective(device, name):
         separate = []
         for f in [f0, *fs]:
             g = torch.autograd.grad(f, params, retain_graph=True, allow_unused=True)
-            separate.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params)]))
+            g = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
+            separate.append(torch.cat([x.reshape(-1) for x in g]))
         w = torch.softmax(torch.stack(fs).detach() / mu, 0)
         opt.backward(f0, fs)
         opt.step()
@@ -173,12 +189,6 @@ def test_diagnostics_single_backward(device):
     assert opt.last_diagnostics is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: mimo_ext/optim/base.py backward() keeps the uni-modal losses in float32 and _coefficients forms "
-    "[1, gamma * w] in float32: on a float64 model the per-objective update is only float32-accurate",
-)
 def test_per_objective_path_is_float64_accurate_for_float64_models(device):
     # lr = 0.5 is a float32 number, so only the MIMO weights can make the paths differ.
     model_a = make_model((5, 4, 3), dtype=torch.float64, device=device)
@@ -191,12 +201,6 @@ def test_per_objective_path_is_float64_accurate_for_float64_models(device):
         torch.testing.assert_close(p_a, p_b, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: mimo_ext/optim/base.py _lr_tensor stores a float lr in a float32 tensor (torch.empty((), "
-    "device=...) has the default dtype): float64 parameters get lr=0.1 as 0.10000000149",
-)
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_float_lr_is_exact_for_float64_parameters(device, name):
     p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64, device=device))
@@ -212,13 +216,6 @@ def test_float_lr_is_exact_for_float64_parameters(device, name):
     torch.testing.assert_close(p, q, rtol=1e-15, atol=1e-16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: csrc/optim_math.h SgdUpdate starts the momentum buffer at the gradient only when the bucket's step "
-    "count is 0: a parameter first reached later (its .grad None before) starts at (1 - dampening) * g, where "
-    "torch.optim.SGD starts it at g",
-)
 def test_sgd_dampening_parameter_first_reached_later(device):
     a, b = (torch.nn.Parameter(torch.zeros(3, device=device)) for _ in range(2))
     a_ref, b_ref = (torch.nn.Parameter(torch.zeros(3, device=device)) for _ in range(2))
