@@ -18,8 +18,10 @@ fused=True or foreach=True. Two cases:
 Before timing, two steps of every path from the same state are compared with a float64 reference (parameters and
 every state buffer). GB/s counts the bytes the fused step must move: read parameter, state and the K gradients,
 write parameter and state (state: 2 buffers for AdamW, 1 for SGD with momentum), for every path alike. The copy
-bandwidth of the same run is the ceiling. Paths are timed in interleaved rounds (the reported time is the median
-of the rounds' medians), so background load spreads over all of them.
+bandwidth of the same run is the reference ceiling (on one thread a kernel that streams several buffers can beat a
+one-stream copy, so "of copy" may exceed 1 there). Paths are timed in interleaved rounds (the reported time is the
+median of the rounds' medians), so background load spreads over all of them. On a machine shared with other work,
+time with --threads 1: with every core asked for, a thread that loses its core stalls the others at each barrier.
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ class Candidate:
     name: str
     step: Callable[[], object]
     result: Callable[[], list[torch.Tensor]]
-    ours: bool = False
 
 
 def resnet18_shapes(in_channels: int, width: int = 64) -> list[tuple[int, ...]]:
@@ -111,10 +112,11 @@ def bytes_per_step(n: int, element_size: int, num_states: int) -> int:
 
 
 def copy_bandwidth(n: int, device: str, min_run_time: float, threads: int) -> float:
-    """GB/s of a float32 copy of n elements (read + write): the ceiling for memory-bound steps."""
+    """GB/s of a float32 copy of n elements (read + write): the ceiling for memory-bound steps. The best of three
+    medians, as background load only ever slows a copy down."""
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), min_run_time, threads)
+    seconds = min(median_seconds(lambda: dst.copy_(src), min_run_time, threads) for _ in range(3))
     return 2 * src.nbytes / seconds / 1e9
 
 
@@ -150,37 +152,17 @@ def reference(algorithm: str, param: torch.Tensor, grads: list[torch.Tensor], we
     return [p, buf]
 
 
-def hyperparameter_rounding(algorithm: str) -> dict[str, float]:
-    """Per state buffer, the relative error a float32 kernel adds when it forms ``1 - beta`` from beta rounded to
-    float32 (torch.optim forms it in double): |fl(beta) - beta| / (1 - beta), 1.3e-5 for beta2 = 0.999. Allowed on
-    top of TOLERANCE, and reported whenever it is used."""
-    if algorithm != "adamw":
-        return {}
-    allowance = {}
-    for name, beta in zip(ALGORITHMS[algorithm]["states"], ALGORITHMS[algorithm]["hyper"]["betas"], strict=True):
-        rounded = torch.tensor(beta, dtype=torch.float32).item()
-        allowance[name] = abs(rounded - beta) / (1 - beta)
-    return allowance
-
-
 def check(path: Candidate, expected: list[torch.Tensor], algorithm: str) -> dict[str, float]:
     """Runs CHECK_STEPS steps of the path and compares its parameter and every state buffer with the reference;
-    returns the relative error of each (max |x - ref| / max |ref|), raising when one is beyond TOLERANCE (plus the
-    float32 rounding of 1 - beta for AdamW's moments, with a printed note when that allowance is needed)."""
+    returns the relative error of each (max |x - ref| / max |ref|), raising when one is beyond TOLERANCE."""
     for _ in range(CHECK_STEPS):
         path.step()
-    allowance = hyperparameter_rounding(algorithm)
     errors = {}
     for name, got, want in zip(("param", *ALGORITHMS[algorithm]["states"]), path.result(), expected, strict=True):
         scale = max(want.abs().max().item(), torch.finfo(torch.float64).tiny)
         error = errors[name] = (got.double() - want).abs().max().item() / scale
-        if not error <= TOLERANCE + allowance.get(name, 0.0):
+        if not error <= TOLERANCE:
             raise AssertionError(f"{path.name}: {name} differs from the float64 reference by {error:.2e} (relative)")
-        if error > TOLERANCE:
-            print(
-                f"note: {path.name}: {name} differs from the float64 reference by {error:.2e} (relative), beyond "
-                f"{TOLERANCE:.0e} but within the float32 rounding of 1 - beta ({allowance[name]:.2e})"
-            )
     return errors
 
 
@@ -322,7 +304,7 @@ def fused_op_path(algorithm: str, initial: torch.Tensor, grads: list[torch.Tenso
                 hp["weight_decay"], hp["momentum"], hp["dampening"], False, False, False,
             )  # fmt: skip
 
-    return Candidate(f"mimo_ext {algorithm}_step_ (fused, K={K})", step, lambda: [param, *states], ours=True)
+    return Candidate(f"mimo_ext {algorithm}_step_ (fused, K={K})", step, lambda: [param, *states])
 
 
 def mimo_optimizer_path(
@@ -345,7 +327,7 @@ def mimo_optimizer_path(
     def result():
         return [bucket.param_buffer] + [bucket.state[s] for s in spec["states"]]
 
-    return Candidate(f"{spec['ours'].__name__}.step() (per-objective, K={K})", step, result, ours=True)
+    return Candidate(f"{spec['ours'].__name__}.step() (per-objective, K={K})", step, result)
 
 
 # ---- one case
@@ -359,7 +341,6 @@ def run_case(
     device: str,
     preset: dict,
     args: argparse.Namespace,
-    ceiling: float,
 ) -> dict:
     spec = ALGORITHMS[algorithm]
     numels = [torch.Size(s).numel() for s in shapes]
@@ -369,6 +350,12 @@ def run_case(
     grads = [torch.randn(n, generator=generator).to(device) for _ in range(K)]
     uni_losses = torch.tensor(UNI_LOSSES, device=device)
     weights = torch.softmax(uni_losses / MU, 0)
+    # Keep the blended gradient at least 0.1 away from zero: where the objectives' gradients nearly cancel, AdamW's
+    # update (about lr * g / |g|) turns on the float32 rounding of the blend, which differs between the paths and
+    # the float64 reference. The timings do not depend on the values.
+    blended = grads[0] + GAMMA * (weights[0] * grads[1] + weights[1] * grads[2])
+    grads[0].add_(torch.where(blended >= 0, 0.1, -0.1))
+    del blended
     initial = [t.view(s) for t, s in zip(initial_flat.split(numels), shapes, strict=True)]
 
     if kind == "one buffer":
@@ -401,7 +388,6 @@ def run_case(
         "seconds": seconds,
         "seconds_per_round": rounds,
         "GB/s": {name: moved / t / 1e9 for name, t in seconds.items()},
-        "ours_fraction_of_copy": moved / ours_seconds / 1e9 / ceiling,
         "speedup_vs": {name: t / ours_seconds for name, t in seconds.items() if name != ours.name},
         "relative_error_after_check": errors,
     }
@@ -440,16 +426,21 @@ def main(argv=None) -> int:
     cases = [("one buffer", "one buffer", [(n,)]) for n in preset["lengths"]]
     cases.append((f"late fusion, 2 ResNet-18 (width {preset['model_width']})", "model", model))
     rows = []
-    print(f"copy bandwidth (float32, n={copy_length:,}, before the cases): {copy_before:.1f} GB/s")
     for case, kind, shapes in cases:
         for algorithm in ALGORITHMS:
-            row = run_case(case, kind, algorithm, shapes, args.device, preset, args, copy_before)
-            rows.append(row)
-            print_row(row, copy_before)
+            rows.append(run_case(case, kind, algorithm, shapes, args.device, preset, args))
+            print(f"checked and timed: {case}, {algorithm}", flush=True)
             gc.collect()
     copy_after = copy_bandwidth(copy_length, args.device, preset["min_run_time"], args.threads)
     load_after = load_average()
-    print(f"\ncopy bandwidth after the cases: {copy_after:.1f} GB/s")
+    ceiling = max(copy_before, copy_after)
+    for row in rows:
+        row["ours_fraction_of_copy"] = row["GB/s"][row["ours"]] / ceiling
+        print_row(row, ceiling)
+    print(
+        f"\ncopy bandwidth (float32, n={copy_length:,}, {args.threads} thread(s)): {copy_before:.1f} GB/s before the "
+        f"cases, {copy_after:.1f} GB/s after; 'of copy' is relative to the larger"
+    )
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"optim_{args.device}_{preset_name}.json"
     record = {
@@ -460,7 +451,8 @@ def main(argv=None) -> int:
         "preset": preset_name,
         "preset_settings": preset,
         "device": args.device,
-        "copy_GB/s": copy_before,
+        "copy_GB/s": ceiling,
+        "copy_GB/s_before": copy_before,
         "copy_GB/s_after": copy_after,
         "K": K,
         "gamma": GAMMA,
