@@ -201,17 +201,5 @@ def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torc
     return grad
 
 
-def _smooth_max_setup_context(ctx, inputs, output) -> None:
-    _, weights = output
-    ctx.mark_non_differentiable(weights)
-    ctx.save_for_backward(weights)
-
-
-def _smooth_max_autograd_backward(ctx, grad_value, grad_weights):
-    (weights,) = ctx.saved_tensors
-    return smooth_max_backward(grad_value, weights), None
-
-
-torch.library.register_autograd(
-    "mimo_ext::smooth_max", _smooth_max_autograd_backward, setup_context=_smooth_max_setup_context
-)
+# The autograd kernel of smooth_max itself is registered in C++ (csrc/smooth_max_autograd.cpp), which keeps the
+# training step free of Python; smooth_max_backward above serves SmoothMax (mimo_ext.objective).
