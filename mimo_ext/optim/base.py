@@ -112,6 +112,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
         """Names of the state buffers the group's options use, in the operator's order."""
         raise NotImplementedError
 
+    def _restarts_with(self, new_state: list[str]) -> bool:
+        """Whether a state buffer created after the first step makes its parameters start as on their first step
+        (SGD's momentum buffer does: torch.optim starts it at the gradient)."""
+        return False
+
     def _call_step(
         self,
         group: dict,
@@ -170,9 +175,17 @@ class MIMOOptimizer(torch.optim.Optimizer):
         for p in bucket.params:
             self.state[p]["step"] = bucket.step
 
+    def state_dict(self) -> dict:
+        """As torch.optim's, plus which parameters have taken part in a step (host-side flags that decide where a
+        parameter first reached later starts its step count), so that a resumed run continues bit-identically."""
+        state_dict = super().state_dict()
+        state_dict[_FLAGS_KEY] = [[[b.launched, list(b.stepped)] for b in buckets] for buckets in self._buckets]
+        return state_dict
+
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch.optim's, then copies the loaded state into the flat buffers (training resumes bit-identically)."""
-        super().load_state_dict(state_dict)
+        flags = state_dict.get(_FLAGS_KEY)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != _FLAGS_KEY})
         for group, buckets in zip(self.param_groups, self._buckets, strict=True):
             for bucket in buckets:
                 for name in self._state_names(group):
@@ -181,6 +194,18 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 if not any("step" in self.state.get(p, {}) for p in bucket.params):
                     bucket.step.zero_()
                 self._bind_state(group, bucket, loaded=True)
+        for g, buckets in enumerate(self._buckets):
+            for b, bucket in enumerate(buckets):
+                try:
+                    launched, stepped = flags[g][b]
+                except (TypeError, IndexError, ValueError):
+                    # A checkpoint without the flags (e.g. written by torch.optim): a bucket that has counted steps
+                    # is taken to have stepped every parameter (one host read, at load time only).
+                    launched = bool(bucket.step.item() > 0)
+                    stepped = [launched] * len(bucket.params)
+                if len(stepped) != len(bucket.params):
+                    raise ValueError("state_dict does not match this optimizer's parameters (step flags differ)")
+                bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
         self._pending = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -310,7 +335,9 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     if stats_sum is None:
                         stats_sum = stats
                     else:
-                        stats_sum = stats_sum + stats.to(stats_sum.device, non_blocking=True)
+                        # non_blocking only towards a GPU: a GPU-to-CPU copy would be read before it landed.
+                        to = stats_sum.device
+                        stats_sum = stats_sum + stats.to(to, non_blocking=to.type == "cuda")
         self.last_diagnostics = _diagnostics(stats_sum, weights_report) if stats_sum is not None else None
         return loss
 
@@ -330,7 +357,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         gamma = group["gamma"]
         if isinstance(gamma, torch.Tensor):
             gamma = gamma.to(device, dtype).reshape(())
-        tail = weights.to(device, dtype, non_blocking=True) * gamma
+        tail = weights.to(device, dtype, non_blocking=device.type == "cuda") * gamma
         if pending.loss_scale is not None:
             # g_m (m >= 1) were scaled by the loss scale of backward(); g0 is divided by grad_scale in the kernel,
             # which is that same scale, or None when GradScaler.unscale_ already unscaled g0 (.grad) in place.
@@ -383,15 +410,18 @@ class MIMOOptimizer(torch.optim.Optimizer):
         else:
             grads, reached = self._single_grads(bucket)
             coefficients = torch.ones(1, device=bucket.device, dtype=_math_dtype(bucket.dtype))
+        names = self._state_names(group)
+        new = [name for name in names if name not in bucket.state]
+        if new:
+            self._bind_state(group, bucket, loaded=False)  # an option turned on after construction
+            if self._restarts_with(new):
+                bucket.stepped = [False] * len(bucket.params)
         # A parameter reached for the first time after the bucket's first step starts from a step count of 0, as
         # torch.optim's per-parameter count would (SGD starts its momentum at g, AdamW's bias correction is t = 1).
         fresh = [bucket.launched and not s for s in bucket.stepped]
         segments = bucket.segments(reached, fresh)
         if not segments:
             return None
-        names = self._state_names(group)
-        if any(name not in bucket.state for name in names):
-            self._bind_state(group, bucket, loaded=False)  # an option turned on after construction
         lr = self._lr_tensor(group, bucket)
         if grad_scale is not None:
             grad_scale = grad_scale.to(bucket.device)
@@ -440,6 +470,10 @@ class MIMOOptimizer(torch.optim.Optimizer):
         sq = torch.cat([one, (ratio * ratio).expand(k - 1)])
         dots = ratio.expand(k - 1)
         return torch.cat([sq, dots.reshape(-1), one])
+
+
+# state_dict key of the per-bucket step flags (see MIMOOptimizer.state_dict).
+_FLAGS_KEY = "mimo_step_flags"
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:

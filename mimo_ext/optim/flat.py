@@ -47,7 +47,10 @@ class FlatBucket:
         # reached for the first time after the bucket's first step gets a step count of its own for that step.
         self.stepped = [False] * len(params)
         self.launched = False
-        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
+        # Frozen parameters (requires_grad=False) take part in the layout but never receive a gradient.
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params) if p.requires_grad
+        ]
 
     def _make_hook(self, index: int):
         def mark_touched(_param: torch.Tensor) -> None:

@@ -79,6 +79,9 @@ class MIMOSGD(MIMOOptimizer):
             if isinstance(group[name], torch.Tensor):
                 raise ValueError(f"{name} must be a float (only lr, gamma and mu may be tensors)")
 
+    def _restarts_with(self, new_state: list[str]) -> bool:
+        return "momentum_buffer" in new_state
+
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
