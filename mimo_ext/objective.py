@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from . import ops
+from .distributed import all_reduce_mean, resolve_group
 
 __all__ = ["DEFAULT_MU", "SmoothMax", "mimo_loss"]
 
@@ -46,6 +47,9 @@ def mimo_loss(
     uni_losses: Sequence[torch.Tensor] | torch.Tensor,
     gamma: float = 1.0,
     mu: float = DEFAULT_MU,
+    *,
+    sync: bool | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """The MIMO training loss ``f0 + gamma * mu * log(sum_m exp(f_m / mu))``.
 
@@ -57,6 +61,11 @@ def mimo_loss(
         uni_losses: the M >= 1 uni-modal losses, a sequence of scalar tensors or a 1-D tensor.
         gamma: weight of the smoothed max, finite and >= 0.
         mu: temperature, finite and > 0 (default :data:`DEFAULT_MU`).
+        sync: under torch.distributed, take the weights from the uni-modal losses averaged over the ranks (one
+            all-reduce of M values on the device), so that with DistributedDataParallel the averaged gradient is
+            the MIMO direction of the global batch. Default: on when torch.distributed is initialised with more
+            than one rank; False turns it off (see :mod:`mimo_ext.distributed`).
+        process_group: the group to average over (default: the world).
 
     Example:
         >>> f0, f1, f2 = torch.tensor(0.5), torch.tensor(1.0), torch.tensor(0.2)
@@ -68,8 +77,14 @@ def mimo_loss(
     if not isinstance(f0, torch.Tensor) or f0.dim() != 0:
         raise ValueError(f"f0 must be a scalar (0-dim) tensor, got {_describe(f0)}")
     losses = _stack_losses(uni_losses)
-    value, _ = ops.smooth_max(losses, float(mu))
-    return f0 + gamma * value
+    group = resolve_group(sync, process_group)
+    if group is None:
+        value, _ = ops.smooth_max(losses, float(mu))
+        return f0 + gamma * value
+    # Global weights w from the ranks' mean losses; the local gradient is gamma * sum_m w_m grad f_m, so DDP's
+    # gradient average is the global MIMO direction. The value is f0 + gamma * S_mu(global losses).
+    value, weights = ops.smooth_max(all_reduce_mean(losses.detach(), group), float(mu))
+    return f0 + gamma * (value + (weights * (losses - losses.detach())).sum())
 
 
 def _stack_losses(uni_losses: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,9 @@ class MIMOAdamW(MIMOOptimizer):
         gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
         mu: temperature of the smoothed max (float or tensor), > 0.
         diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
+        sync, process_group: under torch.distributed (default: when initialised with more than one rank), the
+            per-objective path takes the weights from the ranks' mean losses and all-reduces the blended gradient
+            once per bucket; use it on a model that is not wrapped in DistributedDataParallel (see README).
 
     The step count is kept per bucket (param group, device, dtype) as a float32 device tensor, so the bias
     correction needs no host value. A parameter first reached after the bucket's first step starts at 0, as in
@@ -53,6 +56,8 @@ class MIMOAdamW(MIMOOptimizer):
         gamma: float | torch.Tensor = 1.0,
         mu: float | torch.Tensor = DEFAULT_MU,
         diagnostics: bool = False,
+        sync: bool | None = None,
+        process_group=None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -64,7 +69,7 @@ class MIMOAdamW(MIMOOptimizer):
             gamma=gamma,
             mu=mu,
         )
-        super().__init__(params, defaults, diagnostics=diagnostics)
+        super().__init__(params, defaults, diagnostics=diagnostics, sync=sync, process_group=process_group)
 
     def _check_group(self, group: dict) -> None:
         super()._check_group(group)

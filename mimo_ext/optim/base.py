@@ -25,7 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from ..distributed import all_reduce_mean, resolve_group
 from ..objective import DEFAULT_MU
 from ..ops import smooth_max
 from .flat import FlatBucket, bucket_parameters
@@ -90,7 +92,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
     _op_name: str = ""
 
-    def __init__(self, params, defaults: dict, *, diagnostics: bool = False) -> None:
+    def __init__(
+        self, params, defaults: dict, *, diagnostics: bool = False, sync: bool | None = None, process_group=None
+    ) -> None:
+        # Distributed: resolved once (see mimo_ext.distributed); None when there is nothing to reduce.
+        self._dist_group = resolve_group(sync, process_group)
         self._buckets: list[list[FlatBucket]] = []
         self._pending: _PendingObjectives | None = None
         self._lr_tensors: dict[int, tuple[float, torch.Tensor]] = {}
@@ -287,6 +293,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 self._flag_non_finite(b, len(objectives))
         with torch.no_grad():
             uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
+            if self._dist_group is not None:
+                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
         self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
     @staticmethod
@@ -407,6 +415,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
             grads = bucket.grad_buffers[: pending.num_objectives]
             reached = pending.reached[id(bucket)]
             coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
+            if self._dist_group is not None:
+                grads, coefficients = self._reduce_blended(bucket, grads, coefficients)
         else:
             grads, reached = self._single_grads(bucket)
             coefficients = torch.ones(1, device=bucket.device, dtype=_math_dtype(bucket.dtype))
@@ -458,6 +468,18 @@ class MIMOOptimizer(torch.optim.Optimizer):
         if self.diagnostics and pending is not None and pending.loss_scale is not None:
             total = total * self._stats_rescale(pending, grad_scale, total)
         return total if self.diagnostics else None
+
+    def _reduce_blended(self, bucket, grads, coefficients):
+        """Distributed per-objective path: blend locally into g0's buffer (the weights are already global), then
+        average that one buffer over the ranks: one all-reduce per bucket instead of one per objective. The fused
+        step then runs with K = 1 (its statistics then describe the blended gradient only)."""
+        g0 = grads[0]
+        if len(grads) > 1:
+            torch.ops.mimo_ext.blend_.default(g0, list(grads[1:]), coefficients[1:], 1.0)
+        dist.all_reduce(g0, group=self._dist_group)
+        g0.div_(dist.get_world_size(self._dist_group))
+        # c0 stays: it is 1, and the kernel divides by grad_scale itself.
+        return [g0], coefficients[:1]
 
     @staticmethod
     def _stats_rescale(pending, grad_scale, stats) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""Worker side of the distributed tests (test_distributed.py): each function runs in one of the spawned ranks, on
+the gloo backend over 127.0.0.1 (a file rendezvous), and returns what the test compares."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import mimo_ext
+from mimo_ext.models import LateFusionMLP
+from mimo_ext.optim import MIMOSGD
+
+DIMS = (5, 4)
+CLASSES = 3
+BATCH = 16
+STEPS = 5
+
+
+def batch(step: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    xs = [torch.randn(BATCH, d, generator=g) for d in DIMS]
+    # Labels tied to the first modality so the losses differ and the weights move.
+    return xs, (xs[0][:, 0] > 0).long() + (xs[1][:, 0] > 1).long()
+
+
+def shard(xs, y, rank: int, world: int):
+    return [x[rank::world] for x in xs], y[rank::world]
+
+
+def model() -> LateFusionMLP:
+    torch.manual_seed(0)
+    return LateFusionMLP(DIMS, CLASSES, hidden=8, feature_dim=4)
+
+
+def losses(net, xs, y):
+    fused, uni = net(xs)
+    return F.cross_entropy(fused, y), [F.cross_entropy(u, y) for u in uni]
+
+
+def train_single_backward(net, opt, steps, rank=0, world=1, weights_log=None):
+    """mimo_loss(...).backward() then opt.step(); world > 1: net is DDP-wrapped and each rank takes a shard."""
+    for step in steps:
+        xs, y = shard(*batch(step), rank, world)
+        f0, fs = losses(net, xs, y)
+        opt.zero_grad()
+        mimo_ext.mimo_loss(f0, fs).backward()
+        opt.step()
+        if weights_log is not None:
+            group = mimo_ext.distributed.resolve_group(None)
+            stacked = torch.stack(fs).detach()
+            if group is not None:
+                stacked = mimo_ext.distributed.all_reduce_mean(stacked, group)
+            weights_log.append(mimo_ext.smooth_max(stacked, mimo_ext.DEFAULT_MU)[1])
+
+
+def train_per_objective(net, opt, steps, rank=0, world=1):
+    for step in steps:
+        xs, y = shard(*batch(step), rank, world)
+        f0, fs = losses(net, xs, y)
+        opt.zero_grad()
+        opt.backward(f0, fs)
+        opt.step()
+
+
+def params(net) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+# ---- the scenarios (each returns a picklable result for its rank)
+
+
+def ddp_single_backward(rank: int, world: int) -> dict:
+    net = model()
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+    log: list[torch.Tensor] = []
+    train_single_backward(ddp, opt, range(STEPS), rank, world, log)
+    return {"params": params(net), "weights": log}
+
+
+def per_objective(rank: int, world: int) -> dict:
+    net = model()
+    opt = MIMOSGD(net.parameters(), lr=0.5, momentum=0.9)
+    train_per_objective(net, opt, range(STEPS), rank, world)
+    return {"params": params(net)}
+
+
+def bad_input_on_one_rank(rank: int, world: int) -> dict:
+    net = model()
+    xs, y = shard(*batch(0), rank, world)
+    f0, fs = losses(net, xs, y)
+    # Rank 1 passes no uni-modal losses: it must raise at once, and rank 0, left waiting in the all-reduce, must
+    # fail at the process group's timeout instead of hanging.
+    mimo_ext.mimo_loss(f0, fs if rank == 0 else []).backward()
+    return {}
+
+
+def resume_from_rank0_checkpoint(rank: int, world: int, path: str) -> dict:
+    whole = model()
+    opt = MIMOSGD(whole.parameters(), lr=0.5, momentum=0.9)
+    train_per_objective(whole, opt, range(STEPS), rank, world)
+
+    first = model()
+    opt = MIMOSGD(first.parameters(), lr=0.5, momentum=0.9)
+    train_per_objective(first, opt, range(3), rank, world)
+    if rank == 0:
+        torch.save({"model": first.state_dict(), "opt": opt.state_dict()}, path)
+    dist.barrier()
+    saved = torch.load(path)
+    resumed = model()
+    resumed.load_state_dict(saved["model"])
+    opt = MIMOSGD(resumed.parameters(), lr=0.5, momentum=0.9)
+    opt.load_state_dict(saved["opt"])
+    train_per_objective(resumed, opt, range(3, STEPS), rank, world)
+    return {"whole": params(whole), "resumed": params(resumed)}
+
+
+SCENARIOS = {
+    f.__name__: f for f in (ddp_single_backward, per_objective, bad_input_on_one_rank, resume_from_rank0_checkpoint)
+}
+
+
+def run(rank: int, world: int, rendezvous: str, out_dir: str, scenario: str, timeout_s: float, kwargs: dict) -> None:
+    """Process entry point: join the group, run the scenario, save its result (or the error) for the test."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+    )
+    try:
+        result = SCENARIOS[scenario](rank, world, **kwargs)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    except BaseException:
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
