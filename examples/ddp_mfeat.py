@@ -71,6 +71,8 @@ def main() -> None:
         if rank == 0 and (epoch + 1) % 5 == 0:
             fused_acc, heads = evaluate(model, [x.to(device) for x in test_x], test_y.to(device))
             print(f"epoch {epoch + 1}: fused {fused_acc:.3f}, head pix {heads[0]:.3f}, head fou {heads[1]:.3f}")
+    # Leave together: a rank tearing the group down while another still works made gloo abort at exit.
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -134,6 +134,7 @@ def run(rank: int, world: int, rendezvous: str, out_dir: str, scenario: str, tim
     try:
         result = SCENARIOS[scenario](rank, world, **kwargs)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: tearing gloo down while a peer still works can abort at exit
     except BaseException:
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
