@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MFEAT_VIEWS", "load_mfeat", "standardize", "train_test_split"]
+__all__ = ["MFEAT_VIEWS", "load_mfeat", "standardize", "stratified_split", "train_test_split"]
 
 # View name -> feature dimension, as documented by UCI and checked against the files on load.
 MFEAT_VIEWS: dict[str, int] = {"pix": 240, "fac": 216, "kar": 64, "fou": 76, "zer": 47, "mor": 6}
@@ -85,6 +85,25 @@ def train_test_split(n: int, test_fraction: float, seed: int) -> tuple[torch.Ten
     # A private generator: the split depends on the seed alone, not on the global RNG state.
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split stratified by class: each class's rows shuffled with ``generator``, ``round(test_fraction * size)``
+    (at least 1) of them to the test side; a class with a single row stays in training.
+
+    Returns:
+        ``(train_idx, test_idx)``, int64 index tensors grouped by class.
+    """
+    train, test = [], []
+    for c in labels.unique(sorted=True).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n_test = max(1, round(test_fraction * len(idx))) if len(idx) > 1 else 0
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.cat(train), torch.cat(test)
 
 
 def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

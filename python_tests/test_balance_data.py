@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mimo_ext.balance import data
-from mimo_ext.datasets import MFEAT_VIEWS, load_mfeat
+from mimo_ext.datasets import MFEAT_VIEWS, load_mfeat, stratified_split
 
 
 def test_fsdd_recordings_are_real_and_complete():
@@ -47,8 +47,8 @@ def test_av_digits_pairs_share_their_class_and_splits_are_disjoint_per_modality(
     _, audio_labels = data.load_fsdd()
     audio_labels = torch.from_numpy(audio_labels)
     g = torch.Generator().manual_seed(3)
-    img_train, img_test = data._stratified_split(image_labels, 0.2, g)
-    aud_train, aud_test = data._stratified_split(audio_labels, 0.2, g)
+    img_train, img_test = stratified_split(image_labels, 0.2, g)
+    aud_train, aud_test = stratified_split(audio_labels, 0.2, g)
     assert not set(img_train.tolist()) & set(img_test.tolist())
     assert not set(aud_train.tolist()) & set(aud_test.tolist())
     assert len(img_train) + len(img_test) == len(image_labels)

@@ -92,3 +92,10 @@ def test_late_fusion_for_mixed_modalities_and_given_encoders():
     assert fused.shape == (4, 5) and [u.shape for u in uni] == [(4, 5)] * 3
     with pytest.raises(ValueError, match="got 1 encoders for 3 modalities"):
         late_fusion_for(xs, 5, encoders=[torch.nn.Linear(6, 32)])
+
+
+def test_stratified_split_per_class_with_single_row_classes_kept_for_training():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2])
+    train, test = datasets.stratified_split(labels, 0.2, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[test], minlength=3).tolist() == [2, 1, 0]
+    assert sorted(torch.cat([train, test]).tolist()) == list(range(16))

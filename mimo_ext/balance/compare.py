@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..datasets import stratified_split
 from ..models import late_fusion_for
 from ..optim import MIMOAdamW
-from .evaluation import evaluate, probe_accuracies
+from .evaluation import evaluate, probe_accuracies, standardize_like
 from .methods import METHODS, make_method
 from .methods.base import forward_batch
 
@@ -71,26 +72,13 @@ def prepare_split(
     if test is None:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        g = torch.Generator().manual_seed(split_seed)
-        train_idx, test_idx = [], []
-        for c in labels.unique().tolist():
-            idx = (labels == c).nonzero().flatten()
-            idx = idx[torch.randperm(len(idx), generator=g)]
-            n_test = max(1, round(test_fraction * len(idx))) if len(idx) > 1 else 0
-            test_idx.append(idx[:n_test])
-            train_idx.append(idx[n_test:])
-        tr, te = torch.cat(train_idx), torch.cat(test_idx)
+        tr, te = stratified_split(labels, test_fraction, torch.Generator().manual_seed(split_seed))
         train = ([x[tr] for x in modalities], labels[tr])
         test = ([x[te] for x in modalities], labels[te])
     else:
         train = (list(modalities), labels)
-    train_x, test_x = [], []
-    for a, b in zip(train[0], test[0], strict=True):
-        mean = a.mean(dim=0, keepdim=True)
-        std = a.std(dim=0, keepdim=True).clamp_min(1e-6)
-        train_x.append((a - mean) / std)
-        test_x.append((b - mean) / std)
-    return (train_x, train[1]), (test_x, test[1])
+    pairs = [standardize_like(a, b) for a, b in zip(train[0], test[0], strict=True)]
+    return ([a for a, _ in pairs], train[1]), ([b for _, b in pairs], test[1])
 
 
 def _sync(device: torch.device) -> None:

