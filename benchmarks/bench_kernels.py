@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import machine, median_seconds, write_json
+from common import copy_bandwidth, machine, median_seconds, write_json
 
 import mimo_ext
 
@@ -28,14 +28,6 @@ PRESETS = {
         "min_run_time": 0.5,
     },
 }
-
-
-def copy_bandwidth(n: int, device: str, min_run_time: float) -> float:
-    """GB/s of a float32 device-to-device copy of n elements: the ceiling for memory-bound kernels."""
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), min_run_time)
-    return 2 * src.nbytes / seconds / 1e9
 
 
 def blend_candidates(base, grads, weights, gamma):
@@ -167,7 +159,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     preset_name = "quick" if args.quick else "full"
     preset = PRESETS[preset_name]
-    ceiling = copy_bandwidth(max(preset["lengths"]), args.device, preset["min_run_time"])
+    ceiling = copy_bandwidth(max(preset["lengths"]), args.device, preset["min_run_time"], torch.get_num_threads())
     rows = bench_blend(args.device, preset, ceiling, args.compile) + bench_smooth_max(args.device, preset)
     print_table(ceiling, rows)
     out = args.out or Path(__file__).parent / "results" / f"kernels_{args.device}_{preset_name}.json"

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import load_average, machine, median_seconds, write_json
+from common import copy_bandwidth, load_average, machine, median_seconds, resnet18_shapes, write_json
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
@@ -82,22 +82,6 @@ class Candidate:
     result: Callable[[], list[torch.Tensor]]
 
 
-def resnet18_shapes(in_channels: int, width: int = 64) -> list[tuple[int, ...]]:
-    """Parameter shapes of a torchvision ResNet-18 without its classifier (11,176,512 parameters for 3 input
-    channels): conv1 and bn1, then four stages of two basic blocks (two 3x3 convs, each with a batch norm), the
-    first block of stages 2-4 with a strided 1x1 downsampling conv and batch norm."""
-    shapes = [(width, in_channels, 7, 7), (width,), (width,)]
-    inplanes = width
-    for stage in range(4):
-        planes = width << stage
-        for block in range(2):
-            shapes += [(planes, inplanes, 3, 3), (planes,), (planes,), (planes, planes, 3, 3), (planes,), (planes,)]
-            if block == 0 and stage > 0:
-                shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
-            inplanes = planes
-    return shapes
-
-
 def late_fusion_shapes(width: int) -> list[tuple[int, ...]]:
     """An audio-visual late-fusion model: an image ResNet-18 (3 channels), an audio-spectrogram ResNet-18 (1
     channel), a fusion head on the concatenated features and one uni-modal head per encoder."""
@@ -109,15 +93,6 @@ def late_fusion_shapes(width: int) -> list[tuple[int, ...]]:
 def bytes_per_step(n: int, element_size: int, num_states: int) -> int:
     """Bytes the fused step moves: read parameter, state and K gradients; write parameter and state."""
     return n * element_size * (2 * (1 + num_states) + K)
-
-
-def copy_bandwidth(n: int, device: str, min_run_time: float, threads: int) -> float:
-    """GB/s of a float32 copy of n elements (read + write): the ceiling for memory-bound steps. The best of three
-    medians, as background load only ever slows a copy down."""
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    seconds = min(median_seconds(lambda: dst.copy_(src), min_run_time, threads) for _ in range(3))
-    return 2 * src.nbytes / seconds / 1e9
 
 
 # ---- the float64 reference

@@ -1,24 +1,27 @@
 """Microbenchmark of the per-step weighting subroutine: MIMO against MGDA, MMPareto, PCGrad and CAGrad.
 
     python benchmarks/bench_subroutine.py --quick     # CI-sized: checks every form, times n = 2^16, 2^18
-    python benchmarks/bench_subroutine.py             # full preset: K = 3, 4, 6; n = 1M, 4M, 16M
+    python benchmarks/bench_subroutine.py             # full preset: K = 3, 4, 6; n = 1M, 4M, 16M, 64M
     python benchmarks/bench_subroutine.py --ks 3 --lengths 1048576 16777216 --min-run-time 0.2 --rounds 1
 
 Every method gets the same K per-objective gradients G (``[K, n]``, float32), laid out as
 :func:`mimo_ext.balance.methods.gradients.objective_gradients` lays them out for a late-fusion model: row 0 (the
 fusion loss f0) covers all n encoder parameters, row m (uni-modal loss f_m) is zero outside encoder m's block (the
-n parameters split into M = K - 1 equal blocks, each cut into "parameter tensors" of ``tensor_size`` elements).
+n parameters split into M = K - 1 equal blocks, each cut into the parameter tensors of the widest ResNet-18 encoder
+that fits it: about 62 tensors of very unequal sizes).
 Row m also carries a component along row 0 (sign alternating with m), so that the objectives conflict and the
 conflict branches of PCGrad / MMPareto are taken. Each subroutine turns G (and, for MIMO, the K losses) into the
 combined gradient g (a flat ``[n]`` buffer). Only the weighting is timed: no backward pass, no optimizer step.
 
-- MIMO: ``w = smooth_max(losses[1:], mu)[1]``; ``g = blend(G[0], G[1:], w, gamma)``: one pass over G, no host work.
+- MIMO: ``w = smooth_max(losses[1:], mu)[1]``; ``blend_(g0, G[1:], w, gamma)`` in place into g0's buffer, as the
+  library's per-objective path does: one pass over G, no host work.
 - MGDA, PCGrad, CAGrad, MMPareto, each in two forms:
   "published": what the authors' public code does per step (per-parameter-tensor Python loops, gradient clones,
   ``.item()`` / Python branches on device scalars, host-side solvers); each function says which code it follows
   and what was simplified;
-  "fast": flat buffers, one fused Gram matmul (per block for MMPareto), the K x K (or 2 x 2) solver on the host in
-  float64 as the library does it, and one combination pass ``coefficients @ G``.
+  "fast": flat buffers, one fused Gram matmul (per tensor for MMPareto, whose rescaling is per tensor), the K x K
+  (or 2 x 2) solver in float64 as the library does it, and one combination pass ``coefficients @ G``.
+Every form writes into a preallocated output buffer (see ``Problem``).
 
 Before timing, all forms of a method are checked to give the same g, and MIMO's g is checked against
 ``G[0] + gamma * sum_m w_m G[m]`` computed in float64 (``allclose`` with rtol 1e-4 and an absolute floor of
@@ -30,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import load_average, machine, median_seconds, write_json
+from common import load_average, machine, median_seconds, resnet18_shapes, write_json
 
 import mimo_ext
 from mimo_ext.balance.methods.cagrad import DEFAULT_C, cagrad_coefficients, cagrad_dual_weights
@@ -45,14 +49,8 @@ from mimo_ext.balance.methods.mmpareto import DEFAULT_BOOST
 from mimo_ext.balance.methods.pcgrad import pcgrad_coefficients
 
 PRESETS = {
-    "quick": {"ks": [3, 4, 6], "lengths": [1 << 16, 1 << 18], "tensor_size": 4096, "min_run_time": 0.05, "rounds": 1},
-    "full": {
-        "ks": [3, 4, 6],
-        "lengths": [1 << 20, 1 << 22, 1 << 24],
-        "tensor_size": 1 << 16,
-        "min_run_time": 0.3,
-        "rounds": 3,
-    },
+    "quick": {"ks": [3, 4, 6], "lengths": [1 << 16, 1 << 18], "min_run_time": 0.05, "rounds": 1},
+    "full": {"ks": [3, 4, 6], "lengths": [1 << 20, 1 << 22, 1 << 24, 1 << 26], "min_run_time": 0.3, "rounds": 3},
 }
 
 GAMMA = 0.7
@@ -65,7 +63,7 @@ PCGRAD_SEED = 0
 class Problem:
     """The inputs shared by every subroutine at one (K, n)."""
 
-    def __init__(self, k: int, n: int, tensor_size: int) -> None:
+    def __init__(self, k: int, n: int) -> None:
         self.k, self.n = k, n
         m = k - 1
         generator = torch.Generator().manual_seed(k * 1000003 + n)
@@ -79,13 +77,39 @@ class Problem:
             g[i, lo:hi].add_(g[0, lo:hi], alpha=sign * (0.3 + 0.1 * i))
         self.G = g.contiguous()
         self.losses = torch.rand(k, generator=generator) + 0.5
-        # Parameter tensors: each block cut into spans of tensor_size elements (the last one shorter).
-        self.spans = [(s, min(s + tensor_size, hi)) for lo, hi in self.blocks for s in range(lo, hi, tensor_size)]
-        self.tensor_size = tensor_size
+        # Parameter tensors: each block (one encoder) cut like a ResNet-18 of the width that fits it.
+        self.spans = [span for lo, hi in self.blocks for span in resnet_spans(lo, hi)]
         # Per-objective lists of per-tensor gradients ("param.grad" of each objective), views of G.
         self.per_tensor = [[self.G[t, lo:hi] for lo, hi in self.spans] for t in range(k)]
-        self.out = torch.empty(n)  # the flat gradient buffer the published forms write their per-tensor results into
+        # Every form writes its combined gradient into a buffer that exists before the call, as an optimizer's
+        # gradient buffer does: allocating 4n bytes per call would time the allocator (at 16M, freshly mapped and
+        # zeroed pages) rather than the subroutine. The published forms write per tensor into views of `out`;
+        # MIMO blends in place into its own copy of g0, as the library's per-objective path does.
+        self.out = torch.empty(n)
         self.out_views = [self.out[lo:hi] for lo, hi in self.spans]
+        self.mimo_g0 = self.G[0].clone()
+
+
+def resnet_spans(lo: int, hi: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` cut into the parameter tensors of a ResNet-18 encoder (3 input channels) of the largest width
+    whose parameters fit, in the model's order; what is left over becomes one last tensor (the encoder's head).
+    About 62 tensors of very unequal sizes (batch-norm vectors of a few hundred elements beside 3x3 convolutions of
+    millions), which is what the per-tensor loops of the published forms walk in a real model."""
+    size = hi - lo
+    width = 1
+    while sum(math.prod(s) for s in resnet18_shapes(3, width + 1)) <= size:
+        width += 1
+    sizes = [math.prod(s) for s in resnet18_shapes(3, width)]
+    sizes = [x for x in sizes if x <= size] if sum(sizes) > size else sizes  # tiny blocks (quick preset)
+    spans, start = [], lo
+    for x in sizes:
+        if start + x > hi:
+            break
+        spans.append((start, start + x))
+        start += x
+    if start < hi:
+        spans.append((start, hi))
+    return spans
 
 
 def gram(g: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
@@ -111,12 +135,20 @@ def dot64(a: torch.Tensor, b: torch.Tensor, block: int = 1 << 16) -> torch.Tenso
     return total + torch.dot(a[q * block :], b[q * block :]).double()
 
 
+def combine(coefficients: torch.Tensor, p: Problem) -> torch.Tensor:
+    """``coefficients @ G`` into the preallocated ``p.out``: one pass over G."""
+    torch.mm(coefficients.float().view(1, -1), p.G, out=p.out.view(1, -1))
+    return p.out
+
+
 # ---- MIMO
 
 
 def mimo(p: Problem) -> torch.Tensor:
+    """Weights, then one in-place blend pass into g0's buffer (the library's ``opt.backward`` path). Timing
+    calls it repeatedly on the same buffer; its values then drift, which changes nothing in the time."""
     w = mimo_ext.smooth_max(p.losses[1:], MU)[1]
-    return mimo_ext.blend(p.G[0], list(p.G[1:]), w, GAMMA)
+    return mimo_ext.blend_(p.mimo_g0, list(p.G[1:]), w, GAMMA)
 
 
 def mimo_reference(p: Problem) -> torch.Tensor:
@@ -157,7 +189,7 @@ def mgda_published(p: Problem) -> torch.Tensor:
 
 def mgda_fast(p: Problem) -> torch.Tensor:
     alpha = min_norm_weights(gram(p.G))
-    return alpha.float() @ p.G
+    return combine(alpha, p)
 
 
 # ---- PCGrad
@@ -194,7 +226,7 @@ def pcgrad_published(p: Problem) -> torch.Tensor:
 def pcgrad_fast(p: Problem) -> torch.Tensor:
     generator = torch.Generator().manual_seed(PCGRAD_SEED)
     coefficients = pcgrad_coefficients(gram(p.G), generator)
-    return coefficients.float() @ p.G
+    return combine(coefficients, p)
 
 
 # ---- CAGrad
@@ -208,7 +240,7 @@ def cagrad_published(p: Problem) -> torch.Tensor:
     ``g = grads.mean(1) + lambda * gw``, rescaled by ``1 + c^2`` and multiplied by K, written back per parameter.
     Simplified: the dual weights come from the library's solver (same minimiser as SLSQP); ``lambda`` is the
     library's ``c ||g_0|| / ||g_w||`` without the reference's 1e-4 guards; ``GG`` is summed in float64 over
-    per-tensor row blocks and ``||g_w||`` accumulated in float64 (their single float32 ``mm`` and ``norm`` over
+    row blocks of at most 2^16 and ``||g_w||`` accumulated in float64 (their single float32 ``mm`` and ``norm`` over
     n = 1M..16M rows accumulate errors that move the coefficients by about 1e-4, beyond the check's tolerance; the
     passes over memory are the same). All so that both forms agree."""
     k = p.k
@@ -216,7 +248,8 @@ def cagrad_published(p: Problem) -> torch.Tensor:
     for t in range(k):
         for (lo, hi), g in zip(p.spans, p.per_tensor[t], strict=True):
             grads[lo:hi, t].copy_(g)
-    gg = sum(grads[lo:hi].t().mm(grads[lo:hi]).double() for lo, hi in p.spans)  # theirs: grads.t().mm(grads)
+    rows = [(s, min(s + (1 << 16), hi)) for lo, hi in p.spans for s in range(lo, hi, 1 << 16)]
+    gg = sum(grads[lo:hi].t().mm(grads[lo:hi]).double() for lo, hi in rows)  # theirs: grads.t().mm(grads)
     w = cagrad_dual_weights(gg, DEFAULT_C)
     gw = (grads * w.float().view(1, -1)).sum(1)
     gw_norm = torch.linalg.vector_norm(gw, dtype=torch.float64).item()
@@ -230,7 +263,7 @@ def cagrad_published(p: Problem) -> torch.Tensor:
 
 def cagrad_fast(p: Problem) -> torch.Tensor:
     coefficients, _ = cagrad_coefficients(gram(p.G), DEFAULT_C)
-    return coefficients.float() @ p.G
+    return combine(coefficients, p)
 
 
 # ---- MMPareto
@@ -275,30 +308,16 @@ def mmpareto_published(p: Problem) -> torch.Tensor:
     return p.out
 
 
-def _chunk_grams(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``[T, 2, 2]`` Gram matrices of the two rows of ``x`` (``[2, L]``) over consecutive chunks of ``size``."""
-    q = x.shape[1] // size
-    grams = []
-    if q:
-        body = x[:, : q * size].reshape(2, q, size).transpose(0, 1)  # [q, 2, size], a view
-        grams.append(torch.bmm(body, body.transpose(1, 2)))
-    if x.shape[1] > q * size:
-        tail = x[:, q * size :]
-        grams.append((tail @ tail.T).unsqueeze(0))
-    return torch.cat(grams)
-
-
 def mmpareto_fast(p: Problem) -> torch.Tensor:
     """MMPareto on flat buffers without a host sync: per block, the two rows' 2 x 2 Gram matrix per parameter
-    tensor (one batched matmul, reading both rows once) gives the block's cosine and min-norm weights and each
-    tensor's two norms (``||2a g_mm + 2(1-a) g_u||^2`` and ``||g_mm + g_u||^2`` from the Gram entries); one pass
-    then writes ``c_mm g_mm + c_u g_u`` per tensor."""
-    out = torch.empty(p.n)
-    size = p.tensor_size
+    tensor (a small matmul per tensor, reading both rows once) gives the block's cosine and min-norm weights and
+    each tensor's two norms (``||2a g_mm + 2(1-a) g_u||^2`` and ``||g_mm + g_u||^2`` from the Gram entries); one
+    multiply and one multiply-add per tensor then write ``c_mm g_mm + c_u g_u`` (coefficients stay on the device)."""
+    out = p.out
     tiny = torch.finfo(torch.float32).tiny
     for m, (lo, hi) in enumerate(p.blocks, start=1):
-        pair = p.G[0 : m + 1 : m, lo:hi]  # rows 0 and m, a strided view
-        grams = _chunk_grams(pair, size)
+        spans = [(a, b) for a, b in p.spans if lo <= a < hi]
+        grams = torch.stack([p.G[0 : m + 1 : m, a:b] @ p.G[0 : m + 1 : m, a:b].T for a, b in spans])  # [T, 2, 2]
         s11, s12, s22 = grams[:, 0, 0], grams[:, 0, 1], grams[:, 1, 1]
         v11, v12, v22 = s11.sum(), s12.sum(), s22.sum()
         cos = v12 / (v11.sqrt() * v22.sqrt()).clamp_min(tiny)
@@ -308,16 +327,10 @@ def mmpareto_fast(p: Problem) -> torch.Tensor:
         sum_norm = (s11 + 2 * s12 + s22).clamp_min(0).sqrt()
         grow = (new_norm > 0) & (sum_norm > new_norm)
         factor = torch.where(grow, sum_norm / new_norm.clamp_min(tiny), 1.0) * DEFAULT_BOOST
-        c_mm, c_u = (2 * a * factor).unsqueeze(1), (2 * b * factor).unsqueeze(1)
-        q = (hi - lo) // size
-        if q:
-            dst = out[lo : lo + q * size].view(q, size)
-            torch.mul(p.G[0, lo : lo + q * size].view(q, size), c_mm[:q], out=dst)
-            dst.addcmul_(p.G[m, lo : lo + q * size].view(q, size), c_u[:q])
-        if hi - lo > q * size:
-            dst = out[lo + q * size : hi]
-            torch.mul(p.G[0, lo + q * size : hi], c_mm[q], out=dst)
-            dst.addcmul_(p.G[m, lo + q * size : hi], c_u[q])
+        c_mm, c_u = 2 * a * factor, 2 * b * factor
+        for i, (start, stop) in enumerate(spans):
+            torch.mul(p.G[0, start:stop], c_mm[i], out=out[start:stop])
+            out[start:stop].addcmul_(p.G[m, start:stop], c_u[i])
     return out
 
 
@@ -343,6 +356,7 @@ def assert_close(got: torch.Tensor, expected: torch.Tensor, label: str) -> float
 
 
 def check(p: Problem) -> dict[str, float]:
+    p.mimo_g0.copy_(p.G[0])
     errors = {"MIMO/fused vs float64": assert_close(mimo(p), mimo_reference(p), f"MIMO, K={p.k}, n={p.n}")}
     for method, forms in METHODS.items():
         if method == "MIMO":
@@ -359,7 +373,7 @@ def check(p: Problem) -> dict[str, float]:
 
 
 def run_case(k: int, n: int, preset: dict, threads: int) -> list[dict]:
-    p = Problem(k, n, preset["tensor_size"])
+    p = Problem(k, n)
     errors = check(p)
     forms = [(method, form, fn) for method, fs in METHODS.items() for form, fn in fs.items()]
     rounds: dict[tuple[str, str], list[float]] = {(m, f): [] for m, f, _ in forms}

@@ -50,6 +50,31 @@ def median_seconds(fn, min_run_time: float, num_threads: int = 1) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def copy_bandwidth(n: int, device: str, min_run_time: float, threads: int) -> float:
+    """GB/s of a float32 copy of n elements (read + write): the ceiling for memory-bound steps. The best of three
+    medians, as background load only ever slows a copy down."""
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    seconds = min(median_seconds(lambda: dst.copy_(src), min_run_time, threads) for _ in range(3))
+    return 2 * src.nbytes / seconds / 1e9
+
+
+def resnet18_shapes(in_channels: int, width: int = 64) -> list[tuple[int, ...]]:
+    """Parameter shapes of a torchvision ResNet-18 without its classifier (11,176,512 parameters for 3 input
+    channels): conv1 and bn1, then four stages of two basic blocks (two 3x3 convs, each with a batch norm), the
+    first block of stages 2-4 with a strided 1x1 downsampling conv and batch norm."""
+    shapes = [(width, in_channels, 7, 7), (width,), (width,)]
+    inplanes = width
+    for stage in range(4):
+        planes = width << stage
+        for block in range(2):
+            shapes += [(planes, inplanes, 3, 3), (planes,), (planes,), (planes, planes, 3, 3), (planes,), (planes,)]
+            if block == 0 and stage > 0:
+                shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
+            inplanes = planes
+    return shapes
+
+
 def write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
