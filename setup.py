@@ -82,6 +82,9 @@ def make_extension():
     cxx_flags += ["-fopenmp"]
     # sqrt without the errno branch: lets the compiler vectorise the AdamW update loop (nothing here reads errno).
     cxx_flags += ["-fno-math-errno"]
+    # No a * b + c -> FMA contraction: the AVX2 / AVX-512 variants of the CPU loops (csrc/cpu/cpu_isa.h) then give
+    # bit-identical results to the baseline build, so a result does not depend on the CPU it was computed on.
+    cxx_flags += ["-ffp-contract=off"]
     arch_list = None
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

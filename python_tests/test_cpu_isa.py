@@ -1,0 +1,73 @@
+"""The CPU kernels' instruction-set variants (csrc/cpu/cpu_isa.h) give bit-identical results.
+
+Each variant is chosen once per process (MIMO_EXT_CPU_ISA lowers the choice), so every variant runs in a
+subprocess that hashes the outputs of blend and of both fused steps (every dtype, statistics on, odd length over
+several parallel chunks); all hashes must agree with the baseline's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import hashlib, torch, mimo_ext
+ops = torch.ops.mimo_ext
+torch.manual_seed(0)
+outputs = []
+for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    n = 3 * 16384 + 77
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    base = torch.randn(n).to(dtype)
+    grads = [torch.randn(n).to(dtype) for _ in range(3)]
+    outputs.append(mimo_ext.blend(base, grads, torch.rand(3), 0.7))
+    coefficients = torch.tensor([1.0, 0.3, 0.2], dtype=acc)
+    lr = torch.tensor(1e-3, dtype=acc)
+    for algorithm in ("adamw", "sgd"):
+        p, m, v, vmax = (torch.randn(n).to(dtype) for _ in range(4))
+        v, vmax = v.abs(), vmax.abs()
+        step = torch.zeros((), dtype=torch.float32)
+        for _ in range(3):
+            if algorithm == "adamw":
+                stats = ops.adamw_step_(p, m, v, vmax, grads, coefficients, lr, step, None, None,
+                                        0.9, 0.999, 1e-8, 0.01, True, False, True)
+            else:
+                stats = ops.sgd_step_(p, m, grads, coefficients, lr, step, None, None,
+                                      1e-4, 0.9, 0.1, False, False, True)
+        outputs += [p, m, v, vmax, stats]
+digest = hashlib.sha256()
+for t in outputs:
+    digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+print(ops.cpu_isa(), digest.hexdigest())
+"""
+
+
+def run_with(isa: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MIMO_EXT_CPU_ISA=isa)
+    return subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_supported_variant_gives_the_baseline_bits():
+    results = {}
+    for isa in ("baseline", "avx2", "avx512"):
+        done = run_with(isa)
+        if done.returncode != 0:
+            # Only an instruction set this CPU lacks may be refused, and then with a message that says so.
+            assert "does not support" in done.stderr, done.stderr[-2000:]
+            continue
+        chosen, digest = done.stdout.split()[-2:]
+        assert chosen == isa
+        results[isa] = digest
+    assert "baseline" in results
+    if len(results) == 1:
+        pytest.skip("this CPU has no AVX2: only the baseline variant could run")
+    assert len(set(results.values())) == 1, results
+
+
+def test_unknown_instruction_set_name_is_refused():
+    done = run_with("sse9")
+    assert done.returncode != 0
+    assert "MIMO_EXT_CPU_ISA must be baseline, avx2 or avx512, got 'sse9'" in done.stderr
