@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as tbench
 
+import mimo_ext  # noqa: F401  (registers torch.ops.mimo_ext)
+
 
 def machine() -> dict:
     """The machine a result was measured on (it travels with every figure)."""
@@ -25,6 +27,8 @@ def machine() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The instruction set of mimo_ext's CPU kernels in this process (csrc/cpu/cpu_isa.h).
+        "mimo_ext_cpu_isa": torch.ops.mimo_ext.cpu_isa(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "kernels": ("bench_kernels.py", True, True),
     "optim": ("bench_optim.py", True, True),
     "subroutine": ("bench_subroutine.py", False, True),
+    "step": ("bench_step.py", False, True),
     "scaling": ("scaling.py", True, True),
 }
 
