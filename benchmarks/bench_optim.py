@@ -2,7 +2,7 @@
 
     python benchmarks/bench_optim.py --quick      # CI-sized: checks every path, times small sizes
     python benchmarks/bench_optim.py              # full preset: 1M, 16M, 64M parameters, two ResNet-18s
-    python benchmarks/bench_optim.py --compile    # also torch.compile of blend + update (slow to compile)
+    python benchmarks/bench_optim.py --no-compile # without torch.compile of blend + update (slow to compile)
     python benchmarks/bench_optim.py --device cuda
 
 Every path gets the same K = 3 per-objective gradients (g0 of the fusion loss, g1 and g2 of two uni-modal
@@ -384,13 +384,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized preset")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of blend + stock update")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile of blend + stock update (default: on in the full preset, off in --quick)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads to time with")
     args = parser.parse_args(argv)
     preset_name = "quick" if args.quick else "full"
     preset = dict(PRESETS[preset_name])
+    if args.compile is None:
+        args.compile = not args.quick
     if args.rounds is not None:
         preset["rounds"] = args.rounds
     torch.set_num_threads(args.threads)

@@ -50,7 +50,7 @@ from mimo_ext.balance.methods.pcgrad import pcgrad_coefficients
 
 PRESETS = {
     "quick": {"ks": [3, 4, 6], "lengths": [1 << 16, 1 << 18], "min_run_time": 0.05, "rounds": 1},
-    "full": {"ks": [3, 4, 6], "lengths": [1 << 20, 1 << 22, 1 << 24, 1 << 26], "min_run_time": 0.3, "rounds": 3},
+    "full": {"ks": [3, 4, 6], "lengths": [1 << 20, 1 << 22, 1 << 24, 1 << 26], "min_run_time": 0.2, "rounds": 2},
 }
 
 GAMMA = 0.7
