@@ -259,6 +259,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         gradients from these passes. Afterwards ``.grad`` of every reached parameter is its slice of g0's buffer.
         """
         uni = _as_loss_list(uni_losses, "uni_losses")
+        self._check_parameters()
         if not isinstance(f0, torch.Tensor) or f0.dim() != 0:
             raise ValueError(f"f0 must be a 0-dim tensor, got {_describe(f0)}")
         if not uni:
@@ -297,6 +298,20 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
         self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
+    def _check_parameters(self) -> None:
+        """Raises ValueError when a parameter's ``.data`` no longer views the flat buffer (see FlatBucket)."""
+        for g, (group, buckets) in enumerate(zip(self.param_groups, self._buckets, strict=True)):
+            for bucket in buckets:
+                i = bucket.moved_view()
+                if i is not None:
+                    p = bucket.params[i]
+                    j = next(j for j, q in enumerate(group["params"]) if q is p)
+                    raise ValueError(
+                        f"{type(self).__name__}: parameter {j} of param_groups[{g}] (shape {tuple(p.shape)}, was "
+                        f"{tuple(bucket.view_shapes[i])} when it was built) is no longer a view of the "
+                        "optimizer's flat buffer: its .data was replaced or re-shaped after the optimizer was built"
+                    )
+
     @staticmethod
     def _flag_non_finite(bucket: FlatBucket, num_objectives: int) -> None:
         # GradScaler inspects .grad only, i.e. g0's buffer. A non-finite value in another objective's buffer is
@@ -321,6 +336,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (run with gradients enabled), as in torch.optim.
         """
+        # A parameter whose .data was rebound after construction would silently stop being updated.
+        self._check_parameters()
         loss = None
         if closure is not None:
             with torch.enable_grad():
