@@ -336,8 +336,12 @@ class MIMOOptimizer(torch.optim.Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (run with gradients enabled), as in torch.optim.
         """
-        # A parameter whose .data was rebound after construction would silently stop being updated.
+        # Everything is validated before anything is written: a hyperparameter set to NaN in a param group after
+        # construction (or an lr scheduler's bad value) used to be applied silently (lr, gamma), or to raise from
+        # the op of a later group after the earlier groups had been updated (mu, betas: a half-written step).
         self._check_parameters()
+        for group in self.param_groups:
+            self._check_group(group)
         loss = None
         if closure is not None:
             with torch.enable_grad():
