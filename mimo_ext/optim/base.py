@@ -190,6 +190,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch.optim's, then copies the loaded state into the flat buffers (training resumes bit-identically)."""
+        state_dict = self._checked_for_loading(state_dict)
         flags = state_dict.get(_FLAGS_KEY)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _FLAGS_KEY})
         for group, buckets in zip(self.param_groups, self._buckets, strict=True):
@@ -213,6 +214,62 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     raise ValueError("state_dict does not match this optimizer's parameters (step flags differ)")
                 bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
         self._pending = None
+
+    def _checked_for_loading(self, state_dict: dict) -> dict:
+        """Validates a state_dict against this optimizer before anything is loaded, and returns it with the MIMO
+        hyperparameters a torch.optim checkpoint lacks (gamma, mu) taken from this optimizer's groups.
+
+        torch.optim's load_state_dict replaces the param groups and the state first: a state_dict of another
+        optimizer (its groups lacking this one's hyperparameters) then left a half-loaded optimizer whose next step
+        raised KeyError, one of another parameter layout raised from a copy after part of the state was loaded, and
+        one of torch.optim.SGD / AdamW (no gamma, mu) broke the per-objective path (KeyError 'mu')."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list):
+            raise ValueError(
+                f"{name}: state_dict must be a dict as returned by state_dict(), got {_describe(state_dict)}"
+            )
+        saved_groups, saved_state = state_dict["param_groups"], state_dict.get("state", {})
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}: state_dict has {len(saved_groups)} param groups, this optimizer {len(self.param_groups)}"
+            )
+        flags = state_dict.get(_FLAGS_KEY)
+        groups = []
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{name}: state_dict's param_groups[{g}] holds {len(saved['params'])} parameters, this optimizer's "
+                    f"{len(group['params'])}"
+                )
+            missing = [key for key in self.defaults if key not in saved and key not in ("gamma", "mu")]
+            if missing:
+                raise ValueError(
+                    f"{name}: state_dict's param_groups[{g}] lacks the hyperparameters {missing}: it was written by "
+                    "another optimizer"
+                )
+            merged = {**saved, "params": group["params"]}
+            merged.setdefault("gamma", group["gamma"])
+            merged.setdefault("mu", group["mu"])
+            self._check_group(merged)  # a bad value raises here, naming the hyperparameter
+            for i, (pid, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
+                for key, value in saved_state.get(pid, {}).items():
+                    if key != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                        raise ValueError(
+                            f"{name}: state_dict's state {key!r} of parameter {i} of param_groups[{g}] has shape "
+                            f"{tuple(value.shape)} but the parameter has shape {tuple(p.shape)}: another parameter "
+                            "layout"
+                        )
+            groups.append({**merged, "params": saved["params"]})
+        if flags is not None:
+            for g, buckets in enumerate(self._buckets):
+                for b, bucket in enumerate(buckets):
+                    try:
+                        stepped = flags[g][b][1]
+                    except (TypeError, IndexError, KeyError):
+                        continue  # unreadable flags: treated as absent below
+                    if len(stepped) != len(bucket.params):
+                        raise ValueError(f"{name}: state_dict's step flags do not match this optimizer's parameters")
+        return {**state_dict, "param_groups": groups}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zeroes the flat gradient buffer that ``.grad`` points into (one operation per bucket) and forgets which
