@@ -343,16 +343,16 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 torch.autograd.backward(target, retain_graph=retain_graph or k + 1 < len(objectives), inputs=params)
             for b in buckets:
                 reached[id(b)] = [r or t for r, t in zip(reached[id(b)], b.touched, strict=True)]
+        with torch.no_grad():
+            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
+            if self._dist_group is not None:
+                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
         for b in buckets:
             b.touched = list(reached[id(b)])
             for i, p in enumerate(b.params):
                 p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
             if scale is not None:
-                self._flag_non_finite(b, len(objectives))
-        with torch.no_grad():
-            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
-            if self._dist_group is not None:
-                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
+                self._flag_non_finite(b, len(objectives), uni_values)
         self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
     def _check_parameters(self) -> None:
@@ -370,9 +370,12 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     )
 
     @staticmethod
-    def _flag_non_finite(bucket: FlatBucket, num_objectives: int) -> None:
+    def _flag_non_finite(bucket: FlatBucket, num_objectives: int, uni_losses: torch.Tensor) -> None:
         # GradScaler inspects .grad only, i.e. g0's buffer. A non-finite value in another objective's buffer is
         # carried into g0 (a NaN in its first reached element) so the scaler sees it, skips the step and backs off.
+        # So is a non-finite uni-modal loss: it makes the MIMO weights NaN, and the step used to write NaN into every
+        # parameter although each gradient was finite (the single-backward path gets NaN gradients from the same
+        # loss, which the scaler catches).
         first = next((i for i, hit in enumerate(bucket.touched) if hit and bucket.numels[i] > 0), None)
         if first is None or num_objectives < 2:
             return
@@ -380,6 +383,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
         torch._amp_foreach_non_finite_check_and_unscale_(
             bucket.grad_buffers[1:num_objectives], flag, torch.ones(1, device=bucket.device)
         )
+        losses_bad = ~torch.isfinite(uni_losses).all()
+        flag = torch.maximum(flag, losses_bad.to(bucket.device, torch.float32).reshape(1))
         start = bucket.offsets[first]
         g0 = bucket.grad_buffers[0][start : start + 1]
         g0.add_(torch.where(flag > 0, float("nan"), 0.0).to(g0.dtype))
