@@ -88,6 +88,7 @@ def test_ten_thousand_steps_do_not_grow_memory(device, name):
     for i in range(STEPS):
         step(i)
     growth = memory_in_use(device) - before
+    print(f"{name} on {device}: memory growth over {STEPS} steps after {WARMUP} warm-up steps: {growth} bytes")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     limit = 0 if device == "cuda" else RSS_SLACK  # the CUDA caching allocator's count is exact
     assert growth <= limit, f"memory grew by {growth / 2**20:.2f} MiB over {STEPS} steps"
@@ -115,6 +116,7 @@ def test_fused_step_allocates_no_parameter_size_temporary(name, path):
         else:
             (3 * p).sum().backward()
         largest = largest_allocation(opt.step)
+    print(f"{name}, {path}: largest allocation in opt.step() {largest} bytes, parameters {4 * N} bytes")
     # What a step may allocate: the coefficients, lr, statistics and step-count copies, a few dozen bytes each.
     assert largest <= 1024, f"the step allocated {largest} bytes at once ({4 * N} bytes of parameters)"
 
@@ -125,4 +127,5 @@ def test_the_measurement_sees_parameter_size_temporaries():
     state = [torch.zeros(N) for _ in range(3)]
     args = (param, *state, [grad], torch.ones(1), torch.tensor(1e-3), torch.zeros(()), None, None)
     largest = largest_allocation(lambda: adamw_step_reference(*args, 0.9, 0.999, 1e-8, 0.0, True, False, False))
+    print(f"reference step: largest allocation {largest} bytes, parameters {4 * N} bytes")
     assert largest >= 4 * N
