@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 #include <limits>
@@ -11,6 +12,16 @@ namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// blend, blend_ and the optimizer steps have no autograd formula. With grad mode on, an input that requires grad
+// used to pass: blend's result then got no gradient (PyTorch only warns, at backward time), and the in-place ops
+// wrote into tensors autograd tracks (a leaf that requires grad, which PyTorch's own in-place ops refuse). Under
+// torch.no_grad(), where optimizers step, such tensors are fine.
+void check_no_grad_needed(const char* op, const std::string& name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(!(t.requires_grad() && at::GradMode::is_enabled()), op, ": ", name,
+                    " requires grad, but this op is not differentiable; call it under torch.no_grad() or on detached "
+                    "tensors");
 }
 
 }  // namespace
@@ -66,6 +77,11 @@ void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Te
   // The weights are read by the kernel itself, never on the host: they must live where the buffers live.
   TORCH_CHECK_VALUE(weights.device() == base.device(), op, ": weights must be on the device of base (",
                     base.device(), "), got ", weights.device());
+  check_no_grad_needed(op, "base", base);
+  for (size_t k = 0; k < grads.size(); ++k) {
+    check_no_grad_needed(op, "grads[" + std::to_string(k) + "]", grads[k]);
+  }
+  check_no_grad_needed(op, "weights", weights);
 }
 
 namespace {
@@ -143,6 +159,15 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
   if (found_inf.has_value()) {
     check_single_value(op, "found_inf", *found_inf, param);
   }
+  check_no_grad_needed(op, "param", param);
+  for (const NamedBuffer& state : states) {
+    check_no_grad_needed(op, state.name, *state.tensor);
+  }
+  for (size_t k = 0; k < grads.size(); ++k) {
+    check_no_grad_needed(op, "grads[" + std::to_string(k) + "]", grads[k]);
+  }
+  check_no_grad_needed(op, "coefficients", coefficients);
+  check_no_grad_needed(op, "lr", lr);
 }
 
 void check_sgd_hyperparameters(double weight_decay, double momentum, double dampening, bool nesterov) {

@@ -190,6 +190,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch.optim's, then copies the loaded state into the flat buffers (training resumes bit-identically)."""
+        state_dict = self._checked_for_loading(state_dict)
         flags = state_dict.get(_FLAGS_KEY)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _FLAGS_KEY})
         for group, buckets in zip(self.param_groups, self._buckets, strict=True):
@@ -213,6 +214,62 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     raise ValueError("state_dict does not match this optimizer's parameters (step flags differ)")
                 bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
         self._pending = None
+
+    def _checked_for_loading(self, state_dict: dict) -> dict:
+        """Validates a state_dict against this optimizer before anything is loaded, and returns it with the MIMO
+        hyperparameters a torch.optim checkpoint lacks (gamma, mu) taken from this optimizer's groups.
+
+        torch.optim's load_state_dict replaces the param groups and the state first: a state_dict of another
+        optimizer (its groups lacking this one's hyperparameters) then left a half-loaded optimizer whose next step
+        raised KeyError, one of another parameter layout raised from a copy after part of the state was loaded, and
+        one of torch.optim.SGD / AdamW (no gamma, mu) broke the per-objective path (KeyError 'mu')."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list):
+            raise ValueError(
+                f"{name}: state_dict must be a dict as returned by state_dict(), got {_describe(state_dict)}"
+            )
+        saved_groups, saved_state = state_dict["param_groups"], state_dict.get("state", {})
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}: state_dict has {len(saved_groups)} param groups, this optimizer {len(self.param_groups)}"
+            )
+        flags = state_dict.get(_FLAGS_KEY)
+        groups = []
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{name}: state_dict's param_groups[{g}] holds {len(saved['params'])} parameters, this optimizer's "
+                    f"{len(group['params'])}"
+                )
+            missing = [key for key in self.defaults if key not in saved and key not in ("gamma", "mu")]
+            if missing:
+                raise ValueError(
+                    f"{name}: state_dict's param_groups[{g}] lacks the hyperparameters {missing}: it was written by "
+                    "another optimizer"
+                )
+            merged = {**saved, "params": group["params"]}
+            merged.setdefault("gamma", group["gamma"])
+            merged.setdefault("mu", group["mu"])
+            self._check_group(merged)  # a bad value raises here, naming the hyperparameter
+            for i, (pid, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
+                for key, value in saved_state.get(pid, {}).items():
+                    if key != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                        raise ValueError(
+                            f"{name}: state_dict's state {key!r} of parameter {i} of param_groups[{g}] has shape "
+                            f"{tuple(value.shape)} but the parameter has shape {tuple(p.shape)}: another parameter "
+                            "layout"
+                        )
+            groups.append({**merged, "params": saved["params"]})
+        if flags is not None:
+            for g, buckets in enumerate(self._buckets):
+                for b, bucket in enumerate(buckets):
+                    try:
+                        stepped = flags[g][b][1]
+                    except (TypeError, IndexError, KeyError):
+                        continue  # unreadable flags: treated as absent below
+                    if len(stepped) != len(bucket.params):
+                        raise ValueError(f"{name}: state_dict's step flags do not match this optimizer's parameters")
+        return {**state_dict, "param_groups": groups}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zeroes the flat gradient buffer that ``.grad`` points into (one operation per bucket) and forgets which
@@ -259,6 +316,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         gradients from these passes. Afterwards ``.grad`` of every reached parameter is its slice of g0's buffer.
         """
         uni = _as_loss_list(uni_losses, "uni_losses")
+        self._check_parameters()
         if not isinstance(f0, torch.Tensor) or f0.dim() != 0:
             raise ValueError(f"f0 must be a 0-dim tensor, got {_describe(f0)}")
         if not uni:
@@ -285,22 +343,39 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 torch.autograd.backward(target, retain_graph=retain_graph or k + 1 < len(objectives), inputs=params)
             for b in buckets:
                 reached[id(b)] = [r or t for r, t in zip(reached[id(b)], b.touched, strict=True)]
+        with torch.no_grad():
+            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
+            if self._dist_group is not None:
+                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
         for b in buckets:
             b.touched = list(reached[id(b)])
             for i, p in enumerate(b.params):
                 p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
             if scale is not None:
-                self._flag_non_finite(b, len(objectives))
-        with torch.no_grad():
-            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
-            if self._dist_group is not None:
-                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
+                self._flag_non_finite(b, len(objectives), uni_values)
         self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
+    def _check_parameters(self) -> None:
+        """Raises ValueError when a parameter's ``.data`` no longer views the flat buffer (see FlatBucket)."""
+        for g, (group, buckets) in enumerate(zip(self.param_groups, self._buckets, strict=True)):
+            for bucket in buckets:
+                i = bucket.moved_view()
+                if i is not None:
+                    p = bucket.params[i]
+                    j = next(j for j, q in enumerate(group["params"]) if q is p)
+                    raise ValueError(
+                        f"{type(self).__name__}: parameter {j} of param_groups[{g}] (shape {tuple(p.shape)}, was "
+                        f"{tuple(bucket.view_shapes[i])} when it was built) is no longer a view of the "
+                        "optimizer's flat buffer: its .data was replaced or re-shaped after the optimizer was built"
+                    )
+
     @staticmethod
-    def _flag_non_finite(bucket: FlatBucket, num_objectives: int) -> None:
+    def _flag_non_finite(bucket: FlatBucket, num_objectives: int, uni_losses: torch.Tensor) -> None:
         # GradScaler inspects .grad only, i.e. g0's buffer. A non-finite value in another objective's buffer is
         # carried into g0 (a NaN in its first reached element) so the scaler sees it, skips the step and backs off.
+        # So is a non-finite uni-modal loss: it makes the MIMO weights NaN, and the step used to write NaN into every
+        # parameter although each gradient was finite (the single-backward path gets NaN gradients from the same
+        # loss, which the scaler catches).
         first = next((i for i, hit in enumerate(bucket.touched) if hit and bucket.numels[i] > 0), None)
         if first is None or num_objectives < 2:
             return
@@ -308,6 +383,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
         torch._amp_foreach_non_finite_check_and_unscale_(
             bucket.grad_buffers[1:num_objectives], flag, torch.ones(1, device=bucket.device)
         )
+        losses_bad = ~torch.isfinite(uni_losses).all()
+        flag = torch.maximum(flag, losses_bad.to(bucket.device, torch.float32).reshape(1))
         start = bucket.offsets[first]
         g0 = bucket.grad_buffers[0][start : start + 1]
         g0.add_(torch.where(flag > 0, float("nan"), 0.0).to(g0.dtype))
@@ -321,6 +398,12 @@ class MIMOOptimizer(torch.optim.Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (run with gradients enabled), as in torch.optim.
         """
+        # Everything is validated before anything is written: a hyperparameter set to NaN in a param group after
+        # construction (or an lr scheduler's bad value) used to be applied silently (lr, gamma), or to raise from
+        # the op of a later group after the earlier groups had been updated (mu, betas: a half-written step).
+        self._check_parameters()
+        for group in self.param_groups:
+            self._check_group(group)
         loss = None
         if closure is not None:
             with torch.enable_grad():
