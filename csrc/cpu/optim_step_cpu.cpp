@@ -37,6 +37,81 @@ struct StepPointers {
   acc_t* partials;  // [chunks, 2K] per-chunk statistics, or nullptr
 };
 
+// Without statistics and with K <= 4 gradients: blend and update in one loop over [begin, end), every buffer
+// streaming together (a loop per gradient over L1-sized blocks restarted each prefetch stream at every 4 KB page;
+// NOTES.md). The same operations in the same order as the blocked loop below, so the same bits. The pointers are
+// __restrict__ (the entry checks that param, states and grads do not overlap): with up to eight streams the
+// compiler would otherwise give up on its run-time aliasing checks and leave the loop scalar.
+template <int G, typename scalar_t, int kStates, typename Update>
+C10_ALWAYS_INLINE void step_fused_loop(const Update& update, const typename Update::PerStep& per_step,
+                                       const at::opmath_type<scalar_t>* coefficients,
+                                       const scalar_t* __restrict__ g0, const scalar_t* __restrict__ g1,
+                                       const scalar_t* __restrict__ g2, const scalar_t* __restrict__ g3,
+                                       scalar_t* __restrict__ param, scalar_t* __restrict__ s0,
+                                       scalar_t* __restrict__ s1, scalar_t* __restrict__ s2, int64_t begin,
+                                       int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t c[4] = {};
+  for (int j = 0; j < G; ++j) {
+    c[j] = coefficients[j];
+  }
+  // Local copies: the loop's stores cannot change them, so their option flags are loop-invariant and the
+  // compiler turns the selects on them into vector blends (read through the references, AdamW's loop stayed
+  // scalar: "control flow in loop").
+  const Update u = update;
+  const typename Update::PerStep ps = per_step;
+  for (int64_t i = begin; i < end; ++i) {
+    acc_t g = math::blend_accumulate(acc_t(0), c[0], g0[i]);
+    if constexpr (G > 1) {
+      g = math::blend_accumulate(g, c[1], g1[i]);
+    }
+    if constexpr (G > 2) {
+      g = math::blend_accumulate(g, c[2], g2[i]);
+    }
+    if constexpr (G > 3) {
+      g = math::blend_accumulate(g, c[3], g3[i]);
+    }
+    acc_t p = static_cast<acc_t>(param[i]);
+    acc_t st[math::kMaxStates] = {};
+    if constexpr (kStates > 0) {
+      st[0] = static_cast<acc_t>(s0[i]);
+    }
+    if constexpr (kStates > 1) {
+      st[1] = static_cast<acc_t>(s1[i]);
+    }
+    if constexpr (kStates > 2) {
+      st[2] = static_cast<acc_t>(s2[i]);
+    }
+    u.template apply<kStates>(ps, p, st, g);
+    param[i] = static_cast<scalar_t>(p);
+    if constexpr (kStates > 0) {
+      s0[i] = static_cast<scalar_t>(st[0]);
+    }
+    if constexpr (kStates > 1) {
+      s1[i] = static_cast<scalar_t>(st[1]);
+    }
+    if constexpr (kStates > 2) {
+      s2[i] = static_cast<scalar_t>(st[2]);
+    }
+  }
+}
+
+template <int G, typename scalar_t, int kStates, typename Update>
+C10_ALWAYS_INLINE void step_fused(const StepPointers<scalar_t, Update>& s, int64_t chunk_begin, int64_t chunk_end) {
+  static_assert(kStates <= 3, "step_fused_loop takes at most three state buffers");
+  const scalar_t* g[4] = {};
+  for (int j = 0; j < G; ++j) {
+    g[j] = s.grads[j];
+  }
+  scalar_t* st[3] = {};
+  for (int j = 0; j < kStates; ++j) {
+    st[j] = s.states[j];
+  }
+  step_fused_loop<G, scalar_t, kStates>(*s.update, s.per_step, s.coefficients, g[0], g[1], g[2], g[3], s.param,
+                                        st[0], st[1], st[2], chunk_begin * kChunk,
+                                        std::min(s.n, chunk_end * kChunk));
+}
+
 // The work of one thread: chunks [chunk_begin, chunk_end). kStates (the state buffers in use) is a compile-time
 // constant so that the update loop is a plain loop over arrays, which the compiler vectorises (the option branches
 // inside the update become selects). Always inlined into the per-ISA functions below, so that each compiles these
@@ -45,6 +120,20 @@ template <typename scalar_t, int kStates, typename Update>
 C10_ALWAYS_INLINE void step_chunks(const StepPointers<scalar_t, Update>& s, int64_t chunk_begin, int64_t chunk_end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int k_count = s.k_count;
+  if (s.partials == nullptr) {
+    switch (k_count) {
+      case 1:
+        return step_fused<1, scalar_t, kStates>(s, chunk_begin, chunk_end);
+      case 2:
+        return step_fused<2, scalar_t, kStates>(s, chunk_begin, chunk_end);
+      case 3:
+        return step_fused<3, scalar_t, kStates>(s, chunk_begin, chunk_end);
+      case 4:
+        return step_fused<4, scalar_t, kStates>(s, chunk_begin, chunk_end);
+      default:
+        break;
+    }
+  }
   const int stat_count = 2 * k_count;
   acc_t g[kBlock];
   acc_t g0[kBlock];
