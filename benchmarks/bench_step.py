@@ -71,7 +71,10 @@ def check(runs: list[Run], initial: torch.nn.Module) -> None:
             raise AssertionError(f"{run.name}: the step left non-finite or unchanged parameters")
         after[run.name] = flat
     if "mimo" in after and "mimo_fused" in after:
-        torch.testing.assert_close(after["mimo_fused"], after["mimo"], rtol=1e-4, atol=1e-6)
+        # One AdamW step moves each parameter by about lr * g / (|g| + eps): where |g| is near eps the rounding
+        # of g (one backward of mimo_loss against per-objective passes blended in the step) moves that ratio, so
+        # the parameters are compared to within 5% of the step size lr.
+        torch.testing.assert_close(after["mimo_fused"], after["mimo"], rtol=0, atol=0.05 * LR)
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ import sys
 import pytest
 import torch
 
+import mimo_ext
+
 SCRIPT = r"""
 import hashlib, torch, mimo_ext
 ops = torch.ops.mimo_ext
@@ -75,7 +77,7 @@ def test_unknown_instruction_set_name_is_refused():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("algorithm", ["adamw", "amsgrad", "sgd", "nesterov"])
 def test_one_loop_and_blocked_paths_give_the_same_bits(dtype, k, algorithm):
     """Without statistics and with K <= 4 the CPU step blends and updates in one loop over all buffers; with
@@ -132,3 +134,26 @@ def test_one_loop_and_blocked_paths_give_the_same_bits(dtype, k, algorithm):
         results.append([p, s0, s1, s2])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 4, 5, 8, 9, 13])
+def test_every_blend_loop_path_matches_float64(dtype, k):
+    """The CPU blend reads up to 4 gradients in one loop and more in groups of 4 over L1 blocks: both paths, in
+    place and into a new output, against float64 (one rounding at the store), and in place == new output."""
+    n = 16384 + 4095  # a whole parallel task and a partial one, and a partial block
+    gen = torch.Generator().manual_seed(100 + k)
+    base = torch.randn(n, generator=gen).to(dtype)
+    grads = [torch.randn(n, generator=gen).to(dtype) for _ in range(k)]
+    weights = torch.randn(k, generator=gen)
+    out = mimo_ext.blend(base, grads, weights, 0.7)
+    expected = base.double() + sum(0.7 * w.double() * g.double() for w, g in zip(weights, grads, strict=True))
+    store_eps = torch.finfo(dtype).eps  # the one rounding to the storage type
+    acc_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps  # each accumulation
+    terms = [0.7 * abs(w.item()) * g.double().abs() for w, g in zip(weights, grads, strict=True)]
+    magnitude = base.double().abs() + sum(terms)
+    bound = store_eps * expected.abs() + (k + 1) * acc_eps * magnitude
+    assert ((out.double() - expected).abs() <= bound).all()
+    in_place = base.clone()
+    mimo_ext.blend_(in_place, grads, weights, 0.7)
+    assert torch.equal(in_place, out)
