@@ -147,3 +147,15 @@ def test_a_fresh_process_gives_the_same_bits():
     module, child_digests = json.loads(child.stdout.strip().splitlines()[-1])
     assert module == mimo_ext.__file__, "the child imported another build of mimo_ext"
     assert child_digests == digests(1)
+
+
+def test_no_cuda_kernel_uses_atomics():
+    # On CUDA, reproducibility rests on the same rule as on the CPU: no atomics (their order of arrival varies from
+    # run to run); reductions go through per-block partials summed in a fixed order. The CUDA kernels cannot run
+    # here, so this reads their sources: a kernel that starts using an atomic must say so and change this test.
+    cuda_dir = Path(__file__).parent.parent / "csrc" / "cuda"
+    sources = sorted(cuda_dir.glob("*.cu")) + sorted(cuda_dir.glob("*.cuh"))
+    assert sources, f"no CUDA sources found in {cuda_dir}"
+    for path in sources:
+        code = "\n".join(line.split("//")[0] for line in path.read_text().splitlines())  # comments may mention them
+        assert "atomic" not in code.lower(), f"{path.name} uses an atomic operation"
