@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import copy_bandwidth, load_average, machine, median_seconds, write_json
+from common import copy_bandwidth, load_average, median_seconds, run_header, write_json
 
 import mimo_ext
 
@@ -276,12 +276,7 @@ def main(argv=None) -> int:
     print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"kernels_{args.device}_{preset_name}.json"
     record = {
-        "machine": machine(),
-        "timing_threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "preset": preset_name,
-        "preset_settings": preset,
+        **run_header(args.threads, load_before, load_after, preset_name, preset),
         "device": args.device,
         "torch_compile": with_compile,
         "copy_GB/s": ceiling,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import copy_bandwidth, load_average, machine, median_seconds, resnet18_shapes, write_json
+from common import copy_bandwidth, load_average, median_seconds, resnet18_shapes, run_header, write_json
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
@@ -426,12 +426,7 @@ def main(argv=None) -> int:
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"optim_{args.device}_{preset_name}.json"
     record = {
-        "machine": machine(),
-        "timing_threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "preset": preset_name,
-        "preset_settings": preset,
+        **run_header(args.threads, load_before, load_after, preset_name, preset),
         "device": args.device,
         "copy_GB/s": ceiling,
         "copy_GB/s_before": copy_before,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import load_average, machine, write_json
+from common import load_average, run_header, write_json
 
 from mimo_ext.balance.methods import forward_batch, make_method
 from mimo_ext.models import LateFusionMLP
@@ -114,12 +114,7 @@ def main(argv=None) -> int:
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"step_cpu_{preset_name}.json"
     record = {
-        "machine": machine(),
-        "timing_threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "preset": preset_name,
-        "preset_settings": preset,
+        **run_header(args.threads, load_before, load_after, preset_name, preset),
         "parameters": n,
         "seconds_per_step": seconds,
         "seconds_per_round": rounds,

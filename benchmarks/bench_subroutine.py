@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import load_average, machine, median_seconds, resnet18_shapes, write_json
+from common import load_average, median_seconds, resnet18_shapes, run_header, write_json
 
 import mimo_ext
 from mimo_ext.balance.methods.cagrad import DEFAULT_C, cagrad_coefficients, cagrad_dual_weights
@@ -436,12 +436,7 @@ def main(argv=None) -> int:
     print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"subroutine_cpu_{preset_name}.json"
     record = {
-        "machine": machine(),
-        "timing_threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "preset": preset_name,
-        "preset_settings": preset,
+        **run_header(args.threads, load_before, load_after, preset_name, preset),
         "gamma": GAMMA,
         "mu": MU,
         "cagrad_c": DEFAULT_C,

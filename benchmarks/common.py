@@ -79,6 +79,19 @@ def resnet18_shapes(in_channels: int, width: int = 64) -> list[tuple[int, ...]]:
     return shapes
 
 
+def run_header(threads: int, load_before, load_after, preset_name: str, preset: dict) -> dict:
+    """The fields every benchmark's JSON starts with: the machine, the timing threads, the load around the run and
+    the size preset."""
+    return {
+        "machine": machine(),
+        "timing_threads": threads,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "preset": preset_name,
+        "preset_settings": preset,
+    }
+
+
 def write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import load_average, machine, median_seconds, write_json
+from common import load_average, median_seconds, run_header, write_json
 
 import mimo_ext
 
@@ -220,18 +220,9 @@ def main(argv=None) -> int:
         print(f"{name:<32} {value:.3f}")
     print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
     out = args.out or Path(__file__).parent / "results" / f"scaling_{args.device}_{preset_name}.json"
-    info = machine()
-    record = {
-        "machine": info,
-        "timing_threads": args.threads,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
-        "preset": preset_name,
-        "preset_settings": preset,
-        **result,
-    }
+    record = {**run_header(args.threads, load_before, load_after, preset_name, preset), **result}
     write_json(out, record)
-    plot(result, out.with_suffix(".png"), f"{info['cpu']}, {args.threads} thread(s), {args.device}")
+    plot(result, out.with_suffix(".png"), f"{record['machine']['cpu']}, {args.threads} thread(s), {args.device}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
