@@ -362,10 +362,11 @@ def acc_dtype(dtype):
 def within_reference_error(actual, oracle, truth, *, terms=8.0, scale=None) -> str | None:
     """None if ``actual`` (storage dtype) is within the error rule of ``truth`` (float64); otherwise why not.
 
-    Elementwise: where the same computation in plain PyTorch at the kernels' precision (``oracle``) is NaN or
-    +-Inf (the math dtype overflowed, or a NaN/Inf input), the same as oracle or as truth; where oracle is finite and
-    truth is not, the same as truth; elsewhere |actual - truth| <= 2 * max own error + 2 * max rounding + terms *
-    eps * scale.
+    Elementwise, with ``oracle`` the same computation in plain PyTorch at the kernels' precision: where truth is
+    finite, |actual - truth| <= 2 * max own error of oracle + 2 * max rounding of truth to the storage dtype + terms *
+    eps * scale, or the +-Inf truth rounds to in the storage dtype, or, where oracle overflowed (NaN or +-Inf), the
+    same as oracle; where truth is NaN or +-Inf (NaN or Inf inputs, or float64 overflow), the same as truth or as
+    oracle.
     """
     if tuple(actual.shape) != tuple(truth.shape):
         return f"shape {tuple(actual.shape)}, expected {tuple(truth.shape)}"
@@ -378,15 +379,18 @@ def within_reference_error(actual, oracle, truth, *, terms=8.0, scale=None) -> s
     finite_o = torch.isfinite(o)
     like_oracle = (a.isnan() & o.isnan()) | (a == o)
     like_truth = (a.isnan() & t.isnan()) | (a == t)
-    bad = (~finite_o & ~like_oracle & ~like_truth) | (finite_o & ~finite_t & ~like_truth)
-    check = finite_t & finite_o
-    if check.any():
-        scale = t[check].abs().max().item() if scale is None else scale
-        own = (o - t)[check].abs().max().item()
-        rounding = (t.to(actual.dtype).double() - t)[check].abs().max().item()
+    close = torch.zeros_like(finite_t)
+    if finite_t.any():
+        both = finite_t & finite_o
+        scale = t[finite_t].abs().max().item() if scale is None else scale
+        own = (o - t)[both].abs().max().item() if both.any() else 0.0
+        stored = t.to(actual.dtype).double()  # +-Inf where truth is beyond the storage dtype's range
+        representable = finite_t & torch.isfinite(stored)
+        rounding = (stored - t)[representable].abs().max().item() if representable.any() else 0.0
         tolerance = 2 * own + 2 * rounding + terms * torch.finfo(acc_dtype(actual.dtype)).eps * scale
-        err = (a - t).abs()
-        bad |= check & ~(err <= tolerance)
+        close = finite_t & (((a - t).abs() <= tolerance) | (~representable & (a == stored)))
+    ok = torch.where(finite_t, close | (~finite_o & like_oracle), like_truth | like_oracle)
+    bad = ~ok
     if bad.any():
         i = int(bad.nonzero()[0, 0]) if bad.dim() else 0
         at = lambda x: x.flatten()[i].item()  # noqa: E731
