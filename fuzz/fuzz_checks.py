@@ -42,6 +42,7 @@ import random
 import sys
 import time
 import types
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -74,6 +75,8 @@ with atheris.instrument_imports(include=["mimo_ext"]):
     from mimo_ext.optim import adamw_step_reference, sgd_step_reference
 
 torch.set_num_threads(1)
+# The odd inputs make torch warn now and then (a complex tensor cast to real in a reference, ...): not findings.
+warnings.filterwarnings("ignore", category=UserWarning)
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 OTHER_DTYPES = [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64, torch.float8_e4m3fn]
