@@ -38,6 +38,12 @@ void check_smooth_max_args(const at::Tensor& losses, double mu) {
 }
 
 void check_smooth_max_backward_args(const at::Tensor& grad_value, const at::Tensor& weights) {
+  TORCH_CHECK_TYPE(is_supported_float(weights.scalar_type()),
+                   "mimo_ext.smooth_max_backward: weights must be float32, float64, float16 or bfloat16, got ",
+                   weights.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_float(grad_value.scalar_type()),
+                   "mimo_ext.smooth_max_backward: grad_value must be float32, float64, float16 or bfloat16, got ",
+                   grad_value.scalar_type());
   TORCH_CHECK_VALUE(weights.dim() >= 1 && grad_value.sizes() == weights.sizes().slice(0, weights.dim() - 1),
                     "mimo_ext.smooth_max_backward: grad_value must have the shape of weights without its last ",
                     "dimension, got grad_value ", grad_value.sizes(), " and weights ", weights.sizes());
@@ -77,6 +83,12 @@ void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Te
   // The weights are read by the kernel itself, never on the host: they must live where the buffers live.
   TORCH_CHECK_VALUE(weights.device() == base.device(), op, ": weights must be on the device of base (",
                     base.device(), "), got ", weights.device());
+  if (in_place) {
+    // Read by every thread while base is written.
+    const at::MemOverlapStatus status = at::get_overlap_status(base, weights);
+    TORCH_CHECK_VALUE(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, op,
+                      ": weights overlaps base, which is written in place");
+  }
   check_no_grad_needed(op, "base", base);
   for (size_t k = 0; k < grads.size(); ++k) {
     check_no_grad_needed(op, "grads[" + std::to_string(k) + "]", grads[k]);
@@ -158,6 +170,33 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
   }
   if (found_inf.has_value()) {
     check_single_value(op, "found_inf", *found_inf, param);
+  }
+  // The per-step tensors are read by every thread while param, state and step are written (on CUDA by other
+  // blocks at the same time), and grads are read while step is written: any shared memory there would make the
+  // result depend on the order of the writes.
+  std::vector<NamedBuffer> written{{"param", &param}};
+  written.insert(written.end(), states.begin(), states.end());
+  written.push_back({"step", &step});
+  std::vector<NamedBuffer> read{{"coefficients", &coefficients}, {"lr", &lr}};
+  if (grad_scale.has_value()) {
+    read.push_back({"grad_scale", &*grad_scale});
+  }
+  if (found_inf.has_value()) {
+    read.push_back({"found_inf", &*found_inf});
+  }
+  for (const NamedBuffer& r : read) {
+    for (const NamedBuffer& w : written) {
+      TORCH_CHECK_VALUE(!overlaps(*r.tensor, *w.tensor), op, ": ", r.name, " overlaps ", w.name,
+                        ", which is written in place");
+    }
+  }
+  for (const NamedBuffer& w : written) {
+    if (w.tensor != &step) {
+      TORCH_CHECK_VALUE(!overlaps(step, *w.tensor), op, ": step overlaps ", w.name, ", which is written in place");
+    }
+  }
+  for (size_t k = 0; k < grads.size(); ++k) {
+    TORCH_CHECK_VALUE(!overlaps(grads[k], step), op, ": grads[", k, "] overlaps step, which is written in place");
   }
   check_no_grad_needed(op, "param", param);
   for (const NamedBuffer& state : states) {

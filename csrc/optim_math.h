@@ -53,13 +53,14 @@ struct SgdUpdate {
 
   struct PerStep {
     acc_t lr;
-    acc_t keep;  // factor of the old momentum buffer: 0 on the first step, momentum after
+    acc_t keep;  // factor of the old momentum buffer: momentum (unused on the first step)
     acc_t take;  // factor of the gradient: 1 on the first step (the buffer starts at g), 1 - dampening after
+    bool first;  // step 0: the buffer is set to g, its old content never read (an Inf left there stays out)
   };
 
   C10_HOST_DEVICE PerStep prepare(acc_t lr, float step) const {
     const bool first = step == 0.0f;
-    return {lr, first ? acc_t(0) : momentum, first ? acc_t(1) : acc_t(1) - dampening};
+    return {lr, momentum, first ? acc_t(1) : acc_t(1) - dampening, first};
   }
 
   // Selects on booleans rather than branches, so that the CPU compiler vectorises the loop around it.
@@ -68,7 +69,8 @@ struct SgdUpdate {
     grad = maximize ? -grad : grad;
     grad = with_weight_decay ? grad + weight_decay * param : grad;
     if constexpr (kStates > 0) {
-      const acc_t buf = s.keep * state[0] + s.take * grad;
+      // A select, not 0 * buf: 0 * Inf would be NaN (torch.optim.SGD sets the buffer to g on its first step).
+      const acc_t buf = s.first ? s.take * grad : s.keep * state[0] + s.take * grad;
       state[0] = buf;
       grad = nesterov ? grad + momentum * buf : buf;
     }
@@ -123,7 +125,9 @@ struct AdamWUpdate {
     acc_t second = exp_avg_sq;
     if constexpr (kStates > 2) {
       acc_t& max_exp_avg_sq = state[2];
-      max_exp_avg_sq = max_exp_avg_sq > exp_avg_sq ? max_exp_avg_sq : exp_avg_sq;
+      // NaN propagates as in torch.maximum (a > b ? a : b alone would drop a NaN in the running maximum).
+      const bool keep_max = max_exp_avg_sq > exp_avg_sq || max_exp_avg_sq != max_exp_avg_sq;
+      max_exp_avg_sq = keep_max ? max_exp_avg_sq : exp_avg_sq;
       second = max_exp_avg_sq;
     }
     param -= s.step_size * exp_avg / (sqrt_(second) / s.bias_correction2_sqrt + eps);

@@ -93,7 +93,12 @@ at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at:
   }
   if (compute_stats && inv_scale.defined()) {
     // The kernel measures the raw (scaled) buffers g_k; the blended gradient is already unscaled.
-    stats.narrow(0, 0, 2 * k_count - 1).mul_(inv_scale.square());
+    at::Tensor factor = inv_scale.square();
+    if (b.found_inf.defined()) {
+      // A skipped step's statistics stay zero even where 1 / grad_scale^2 is not finite (0 * Inf would be NaN).
+      factor = factor.masked_fill(b.found_inf.reshape({1}).ne(0), 0);
+    }
+    stats.narrow(0, 0, 2 * k_count - 1).mul_(factor);
   }
   if (found_inf.has_value()) {
     step.add_(found_inf->eq(0).reshape(step.sizes()));

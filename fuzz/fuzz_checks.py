@@ -946,79 +946,17 @@ def _none_for_a_tensor(finding, call, before) -> bool:
     return finding.kind in ("error-unclear", "error-type") and bool(nones)
 
 
-def _overlap_with_a_scalar(finding, call, before) -> bool:
-    if finding.kind != "accepted-overlap":
-        return False
-    pairs = [p.split("~") for p in accepted_overlaps(call)]
-    if call.op == "blend_":
-        return all(p == ["base", "weights"] for p in pairs)
-    return all(w == "step" or other in SCALAR_ARGS | {"step"} for w, other in pairs)
-
-
-def _stale_momentum_on_first_step(finding, call, before) -> bool:
-    a = dict(call.args)
-    if finding.kind != "wrong-result" or call.op != "sgd_step_" or a["momentum"] == 0:
-        return False
-    step = restored(a["step"], before)
-    return step.numel() == 1 and step.item() == 0 and not torch.isfinite(restored(a["momentum_buffer"], before)).all()
-
-
-def _amsgrad_nan(finding, call, before) -> bool:
-    a = dict(call.args)
-    return (
-        finding.kind == "wrong-result"
-        and call.op == "adamw_step_"
-        and a["amsgrad"]
-        and bool(restored(a["max_exp_avg_sq"], before).isnan().any())
-    )
-
-
-def _skipped_stats_tiny_scale(finding, call, before) -> bool:
-    a = dict(call.args)
-    if finding.kind != "wrong-result" or "stats" not in str(finding) or a.get("grad_scale") is None:
-        return False
-    found_inf = a["found_inf"]
-    skipped = found_inf is not None and bool(restored(found_inf, before).ne(0).all())
-    inv = 1 / restored(a["grad_scale"], before).to(acc_dtype(a["param"].dtype))
-    return skipped and not bool(torch.isfinite(inv * inv).all())
-
-
 KNOWN_ISSUES = {
     "none-for-a-tensor": (
-        "None where a Tensor is expected: on CPU 'tensor does not have a device' (smooth_max, smooth_max_backward) "
-        "or a dtype of UNKNOWN_SCALAR; on meta tensors an AttributeError from the fake implementations",
+        "None where a Tensor is expected, through torch.ops.mimo_ext directly: on CPU 'tensor does not have a "
+        "device' (smooth_max, smooth_max_backward) or a dtype of UNKNOWN_SCALAR; on meta tensors an AttributeError "
+        "from the fake implementations (the Python wrappers raise TypeError naming the argument)",
         _none_for_a_tensor,
-    ),
-    "smooth-max-backward-dtypes": (
-        "smooth_max_backward checks shapes and devices but not dtypes: ATen's promotion errors (no op or argument "
-        "named) for float8 and the like, and integer weights are accepted",
-        lambda f, c, b: f.kind == "error-unclear" and c.op == "smooth_max_backward",
     ),
     "written-tensor-requires-grad": (
         "step (or another written tensor) requiring grad: autograd's 'a leaf Variable that requires grad is being "
         "used in an in-place operation', which names no argument (param requiring grad is accepted)",
         lambda f, c, b: f.kind == "error-unclear" and "leaf Variable that requires grad" in str(f),
-    ),
-    "overlap-with-a-scalar-tensor": (
-        "step, lr, coefficients, grad_scale or found_inf (blend_: weights) sharing memory with a written argument "
-        "is accepted; the checks test only param, state and grads against each other",
-        _overlap_with_a_scalar,
-    ),
-    "sgd-first-step-stale-momentum": (
-        "sgd_step_ with momentum at step 0 computes 0 * momentum_buffer + g: an Inf/NaN left in the buffer gives "
-        "NaN, where torch.optim.SGD and sgd_step_reference start the buffer at g",
-        _stale_momentum_on_first_step,
-    ),
-    "skipped-step-stats-nan-with-tiny-grad-scale": (
-        "a skipped step (found_inf set) returns zeros as its statistics, but NaN where 1 / grad_scale^2 is not "
-        "finite in the math dtype (grad_scale 0, or |grad_scale| < ~1e-19 in float32): the zeros are multiplied by "
-        "it after the kernel (step_entry.h, run_step)",
-        _skipped_stats_tiny_scale,
-    ),
-    "amsgrad-drops-nan": (
-        "adamw_step_ with amsgrad: a NaN in max_exp_avg_sq is replaced by exp_avg_sq (max as a > b ? a : b), "
-        "where torch.maximum in torch.optim.AdamW and adamw_step_reference propagates it",
-        _amsgrad_nan,
     ),
 }
 

@@ -33,7 +33,7 @@ def smooth_max(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Ten
         >>> round(value.item(), 4), weights.argmax().item()
         (3.4076, 2)
     """
-    return torch.ops.mimo_ext.smooth_max.default(losses, _as_float(mu, "mu"))
+    return torch.ops.mimo_ext.smooth_max.default(_as_tensor(losses, "losses"), _as_float(mu, "mu"))
 
 
 def blend(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -51,7 +51,9 @@ def blend(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Tens
         >>> blend(g0, [g1], torch.tensor([0.5]), gamma=2.0)
         tensor([1., 2., 3.])
     """
-    return torch.ops.mimo_ext.blend.default(base, _as_tensor_list(grads), weights, _as_float(gamma, "gamma"))
+    return torch.ops.mimo_ext.blend.default(
+        _as_tensor(base, "base"), _as_tensor_list(grads), _as_tensor(weights, "weights"), _as_float(gamma, "gamma")
+    )
 
 
 def blend_(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -59,7 +61,9 @@ def blend_(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Ten
 
     A ``grads`` buffer may be ``base`` itself, but not a view that partially overlaps it.
     """
-    torch.ops.mimo_ext.blend_.default(base, _as_tensor_list(grads), weights, _as_float(gamma, "gamma"))
+    torch.ops.mimo_ext.blend_.default(
+        _as_tensor(base, "base"), _as_tensor_list(grads), _as_tensor(weights, "weights"), _as_float(gamma, "gamma")
+    )
     return base
 
 
@@ -68,6 +72,13 @@ def _as_float(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
     return float(value)
+
+
+def _as_tensor(value: torch.Tensor, name: str) -> torch.Tensor:
+    # None or a number reaching the operator gives messages that name no argument ("tensor does not have a device").
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    return value
 
 
 def _as_tensor_list(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
