@@ -14,6 +14,11 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+}
+
 // blend, blend_ and the optimizer steps have no autograd formula. With grad mode on, an input that requires grad
 // used to pass: blend's result then got no gradient (PyTorch only warns, at backward time), and the in-place ops
 // wrote into tensors autograd tracks (a leaf that requires grad, which PyTorch's own in-place ops refuse). Under
@@ -85,9 +90,7 @@ void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Te
                     base.device(), "), got ", weights.device());
   if (in_place) {
     // Read by every thread while base is written.
-    const at::MemOverlapStatus status = at::get_overlap_status(base, weights);
-    TORCH_CHECK_VALUE(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial, op,
-                      ": weights overlaps base, which is written in place");
+    TORCH_CHECK_VALUE(!overlaps(weights, base), op, ": weights overlaps base, which is written in place");
   }
   check_no_grad_needed(op, "base", base);
   for (size_t k = 0; k < grads.size(); ++k) {
@@ -118,11 +121,6 @@ void check_like_param(const char* op, const std::string& name, const at::Tensor&
   TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
 }
 
-bool overlaps(const at::Tensor& a, const at::Tensor& b) {
-  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
-  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
-}
-
 }  // namespace
 
 void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
@@ -145,15 +143,10 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
                     kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
                     " modalities), got ", grads.size());
+  std::vector<std::string> grad_names;
   for (size_t k = 0; k < grads.size(); ++k) {
-    const std::string name = "grads[" + std::to_string(k) + "]";
-    check_like_param(op, name, grads[k], param);
-    // Read while param and state are written: sharing memory with them would make the result depend on order.
-    TORCH_CHECK_VALUE(!overlaps(grads[k], param), op, ": ", name, " overlaps param, which is written in place");
-    for (const NamedBuffer& state : states) {
-      TORCH_CHECK_VALUE(!overlaps(grads[k], *state.tensor), op, ": ", name, " overlaps ", state.name,
-                        ", which is written in place");
-    }
+    grad_names.push_back("grads[" + std::to_string(k) + "]");
+    check_like_param(op, grad_names.back(), grads[k], param);
   }
   TORCH_CHECK_TYPE(is_supported_float(coefficients.scalar_type()), op,
                    ": coefficients must be a floating-point tensor, got ", coefficients.scalar_type());
@@ -171,13 +164,18 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
   if (found_inf.has_value()) {
     check_single_value(op, "found_inf", *found_inf, param);
   }
-  // The per-step tensors are read by every thread while param, state and step are written (on CUDA by other
-  // blocks at the same time), and grads are read while step is written: any shared memory there would make the
-  // result depend on the order of the writes.
+  // grads and the per-step tensors are read (the per-step ones by every thread) while param, state and step are
+  // written (on CUDA by other blocks at the same time): any shared memory there would make the result depend on
+  // the order of the writes.
   std::vector<NamedBuffer> written{{"param", &param}};
   written.insert(written.end(), states.begin(), states.end());
   written.push_back({"step", &step});
-  std::vector<NamedBuffer> read{{"coefficients", &coefficients}, {"lr", &lr}};
+  std::vector<NamedBuffer> read;
+  for (size_t k = 0; k < grads.size(); ++k) {
+    read.push_back({grad_names[k].c_str(), &grads[k]});
+  }
+  read.push_back({"coefficients", &coefficients});
+  read.push_back({"lr", &lr});
   if (grad_scale.has_value()) {
     read.push_back({"grad_scale", &*grad_scale});
   }
@@ -195,15 +193,12 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
       TORCH_CHECK_VALUE(!overlaps(step, *w.tensor), op, ": step overlaps ", w.name, ", which is written in place");
     }
   }
-  for (size_t k = 0; k < grads.size(); ++k) {
-    TORCH_CHECK_VALUE(!overlaps(grads[k], step), op, ": grads[", k, "] overlaps step, which is written in place");
-  }
   check_no_grad_needed(op, "param", param);
   for (const NamedBuffer& state : states) {
     check_no_grad_needed(op, state.name, *state.tensor);
   }
   for (size_t k = 0; k < grads.size(); ++k) {
-    check_no_grad_needed(op, "grads[" + std::to_string(k) + "]", grads[k]);
+    check_no_grad_needed(op, grad_names[k], grads[k]);
   }
   check_no_grad_needed(op, "coefficients", coefficients);
   check_no_grad_needed(op, "lr", lr);

@@ -1,7 +1,7 @@
-// CPU kernel of mimo_ext::blend and mimo_ext::blend_: the buffer is split between threads, and each thread walks
-// its share in blocks that fit in L1, accumulating in acc_t. The inner loops are plain unit-stride loops over
-// arrays, which the compiler vectorises, once per instruction set (cpu_isa.h); the output is written once and
-// every input read once.
+// CPU kernel of mimo_ext::blend and mimo_ext::blend_: the buffer is split between threads; each thread runs one
+// loop over base and up to 4 gradients (more: groups of 4 over blocks that fit in L1), accumulating in acc_t. The
+// loops are plain unit-stride loops, which the compiler vectorises, once per instruction set (cpu_isa.h); the
+// output is written once and every input read once.
 #include "../blend_math.h"
 #include "../op_entry.h"
 #include "cpu_isa.h"

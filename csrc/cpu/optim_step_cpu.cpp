@@ -1,8 +1,9 @@
-// CPU kernels of mimo_ext::sgd_step_ and mimo_ext::adamw_step_: one pass over the flat buffers. The buffers are
-// cut into fixed chunks spread over the threads; each chunk is walked in L1-sized blocks: the K gradients are
-// blended into an acc_t block (unit-stride loops the compiler vectorises, once per instruction set: cpu_isa.h),
-// then the update reads and writes parameter and state once. The optional statistics are summed per chunk and then
-// over chunks in a fixed order, so they do not depend on the number of threads.
+// CPU kernels of mimo_ext::sgd_step_ and mimo_ext::adamw_step_: one pass over the flat buffers, cut into fixed
+// chunks spread over the threads. Without statistics and with K <= 4 gradients, one loop blends and updates every
+// element (all buffers stream together); otherwise each chunk is walked in L1-sized blocks: the K gradients are
+// blended into an acc_t block, then the update reads and writes parameter and state once. Both give the same bits;
+// the loops are vectorised once per instruction set (cpu_isa.h). The optional statistics are summed per chunk and
+// then over chunks in a fixed order, so they do not depend on the number of threads.
 #include "../blend_math.h"
 #include "../step_entry.h"
 #include "cpu_isa.h"
