@@ -19,19 +19,23 @@ bool overlaps(const at::Tensor& a, const at::Tensor& b) {
   return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
 }
 
-// blend, blend_ and the optimizer steps have no autograd formula. With grad mode on, an input that requires grad
-// used to pass: blend's result then got no gradient (PyTorch only warns, at backward time), and the in-place ops
-// wrote into tensors autograd tracks (a leaf that requires grad, which PyTorch's own in-place ops refuse). Under
-// torch.no_grad(), where optimizers step, such tensors are fine.
+}  // namespace
+
+void check_given(const char* op, const std::string& name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " must be a tensor, got None");
+}
+
+// With grad mode on, an input that requires grad used to pass: blend's result then got no gradient (PyTorch only
+// warns, at backward time), and the in-place ops wrote into tensors autograd tracks (a leaf that requires grad,
+// which PyTorch's own in-place ops refuse).
 void check_no_grad_needed(const char* op, const std::string& name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(!(t.requires_grad() && at::GradMode::is_enabled()), op, ": ", name,
                     " requires grad, but this op is not differentiable; call it under torch.no_grad() or on detached "
                     "tensors");
 }
 
-}  // namespace
-
 void check_smooth_max_args(const at::Tensor& losses, double mu) {
+  check_given("mimo_ext.smooth_max", "losses", losses);
   TORCH_CHECK_VALUE(std::isfinite(mu) && mu > 0, "mimo_ext.smooth_max: mu must be finite and > 0, got ", mu);
   TORCH_CHECK_TYPE(is_supported_float(losses.scalar_type()),
                    "mimo_ext.smooth_max: losses must be float32, float64, float16 or bfloat16, got ",
@@ -43,6 +47,8 @@ void check_smooth_max_args(const at::Tensor& losses, double mu) {
 }
 
 void check_smooth_max_backward_args(const at::Tensor& grad_value, const at::Tensor& weights) {
+  check_given("mimo_ext.smooth_max_backward", "grad_value", grad_value);
+  check_given("mimo_ext.smooth_max_backward", "weights", weights);
   TORCH_CHECK_TYPE(is_supported_float(weights.scalar_type()),
                    "mimo_ext.smooth_max_backward: weights must be float32, float64, float16 or bfloat16, got ",
                    weights.scalar_type());
@@ -59,6 +65,11 @@ void check_smooth_max_backward_args(const at::Tensor& grad_value, const at::Tens
 void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Tensor& weights, double gamma,
                       bool in_place) {
   const char* op = in_place ? "mimo_ext.blend_" : "mimo_ext.blend";
+  check_given(op, "base", base);
+  for (size_t k = 0; k < grads.size(); ++k) {
+    check_given(op, "grads[" + std::to_string(k) + "]", grads[k]);
+  }
+  check_given(op, "weights", weights);
   TORCH_CHECK_VALUE(std::isfinite(gamma), op, ": gamma must be finite, got ", gamma);
   TORCH_CHECK_TYPE(is_supported_float(base.scalar_type()), op, ": base must be float32, float64, float16 or bfloat16, got ", base.scalar_type());
   TORCH_CHECK_VALUE(base.dim() == 1, op, ": base must be a 1-D buffer, got shape ", base.sizes());
@@ -127,6 +138,16 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
                         at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
                         const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
                         const std::optional<at::Tensor>& found_inf) {
+  check_given(op, "param", param);
+  for (const NamedBuffer& s : states) {
+    check_given(op, s.name, *s.tensor);
+  }
+  for (size_t k = 0; k < grads.size(); ++k) {
+    check_given(op, "grads[" + std::to_string(k) + "]", grads[k]);
+  }
+  check_given(op, "coefficients", coefficients);
+  check_given(op, "lr", lr);
+  check_given(op, "step", step);
   TORCH_CHECK_TYPE(is_supported_float(param.scalar_type()), op,
                    ": param must be float32, float64, float16 or bfloat16, got ", param.scalar_type());
   TORCH_CHECK_VALUE(param.dim() == 1, op, ": param must be a 1-D buffer, got shape ", param.sizes());

@@ -5,9 +5,18 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace mimo_ext {
+
+// A Tensor argument given as None reaches the kernels as an undefined tensor: refused by name (TypeError), first,
+// since every other check would fail on it with a message that names nothing ("tensor does not have a device").
+void check_given(const char* op, const std::string& name, const at::Tensor& t);
+
+// blend, blend_ and the optimizer steps have no derivative: with grad mode on, an input that requires grad is
+// refused by name (ValueError). Under torch.no_grad(), where optimizers step, such tensors are fine.
+void check_no_grad_needed(const char* op, const std::string& name, const at::Tensor& t);
 
 void check_smooth_max_args(const at::Tensor& losses, double mu);
 

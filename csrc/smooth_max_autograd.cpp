@@ -2,6 +2,8 @@
 // registration cost about as much as the rest of mimo_loss on small models). d value / d losses = weights; the
 // weights output is not differentiable. First order only: the saved weights depend on the losses too and that
 // term is not modelled, so a second derivative raises instead of being silently wrong.
+#include "checks.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -60,6 +62,7 @@ class SmoothMaxFunction : public torch::autograd::Function<SmoothMaxFunction> {
 };
 
 std::tuple<at::Tensor, at::Tensor> smooth_max_autograd(const at::Tensor& losses, double mu) {
+  check_given("mimo_ext.smooth_max", "losses", losses);  // before autograd reads its device
   variable_list out = SmoothMaxFunction::apply(losses, mu);
   return {out[0], out[1]};
 }

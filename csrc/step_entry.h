@@ -80,7 +80,10 @@ at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at:
   b.lr = in_acc(lr);
   b.step = step;
   if (found_inf.has_value()) {
-    b.found_inf = in_acc(*found_inf);
+    // A 0/1 flag, not found_inf converted: a float64 1e-301 (or any value below the math dtype's smallest
+    // subnormal) would convert to 0 and the kernel would step while the count below skipped. Nonzero means skip,
+    // in found_inf's own dtype, for the kernel and the step count alike.
+    b.found_inf = found_inf->ne(0).to(acc).contiguous();
   }
   const int64_t k_count = static_cast<int64_t>(grads.size());
   at::Tensor stats = at::empty({0}, param.options().dtype(acc));
@@ -116,6 +119,7 @@ at::Tensor sgd_step_op(at::Tensor& param, at::Tensor& momentum_buffer, at::Tenso
                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                        double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
                        bool compute_stats) {
+  check_given("mimo_ext.sgd_step_", "momentum_buffer", momentum_buffer);  // even when momentum == 0 leaves it unused
   check_sgd_hyperparameters(weight_decay, momentum, dampening, nesterov);
   std::vector<NamedBuffer> named;
   if (momentum != 0) {
@@ -138,6 +142,7 @@ at::Tensor adamw_step_op(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp
                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                          double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
                          bool compute_stats) {
+  check_given("mimo_ext.adamw_step_", "max_exp_avg_sq", max_exp_avg_sq);  // even when amsgrad leaves it unused
   check_adamw_hyperparameters(beta1, beta2, eps, weight_decay);
   std::vector<NamedBuffer> named{{"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}};
   if (amsgrad) {

@@ -920,45 +920,10 @@ def check_meta_like_cpu(call: Call, result) -> None:
 # Found by this fuzzer and reported, not fixed here (the checks and kernels belong to other changes). A finding that
 # one of these predicates recognises is counted under the issue's name instead of failing (unless --strict), so
 # that CI still fails on anything new. Remove an entry once its fix is in: --strict then shows it stays fixed.
+# Entries map a name to (description, predicate(finding, call, before) -> bool). None open: every finding so far is
+# fixed, each with a regression test in python_tests/test_fuzz_findings.py (SANITIZERS.md).
 
-TENSOR_ARGS = {
-    "losses",
-    "grad_value",
-    "weights",
-    "base",
-    "param",
-    "momentum_buffer",
-    "exp_avg",
-    "exp_avg_sq",
-    "max_exp_avg_sq",
-    "coefficients",
-    "lr",
-    "step",
-}
-SCALAR_ARGS = {"lr", "coefficients", "grad_scale", "found_inf"}
-
-
-def _none_for_a_tensor(finding, call, before) -> bool:
-    a = dict(call.args)
-    nones = [n for n in TENSOR_ARGS if n in a and a[n] is None]
-    if isinstance(a.get("grads"), list | tuple):
-        nones += ["grads[k]" for g in a["grads"] if g is None]
-    return finding.kind in ("error-unclear", "error-type") and bool(nones)
-
-
-KNOWN_ISSUES = {
-    "none-for-a-tensor": (
-        "None where a Tensor is expected, through torch.ops.mimo_ext directly: on CPU 'tensor does not have a "
-        "device' (smooth_max, smooth_max_backward) or a dtype of UNKNOWN_SCALAR; on meta tensors an AttributeError "
-        "from the fake implementations (the Python wrappers raise TypeError naming the argument)",
-        _none_for_a_tensor,
-    ),
-    "written-tensor-requires-grad": (
-        "step (or another written tensor) requiring grad: autograd's 'a leaf Variable that requires grad is being "
-        "used in an in-place operation', which names no argument (param requiring grad is accepted)",
-        lambda f, c, b: f.kind == "error-unclear" and "leaf Variable that requires grad" in str(f),
-    ),
-}
+KNOWN_ISSUES: dict = {}
 
 
 def known_issue(finding, call, before) -> str | None:

@@ -95,13 +95,22 @@ def _as_tensor_list(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 @torch.library.register_fake("mimo_ext::smooth_max")
 def _smooth_max_fake(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_given("mimo_ext.smooth_max", {"losses": losses})
     torch._check(losses.dim() >= 1, lambda: "mimo_ext.smooth_max: losses must have at least 1 dimension")
     return losses.new_empty(losses.shape[:-1]), torch.empty_like(losses, memory_format=torch.contiguous_format)
+
+
+def _check_given(op: str, named: dict) -> None:
+    # As the C++ checks do (check_given): a None for a Tensor argument, named, before anything reads it.
+    for name, t in named.items():
+        if t is None:
+            raise TypeError(f"{op}: {name} must be a tensor, got None")
 
 
 def _check_blend_devices(op: str, base: torch.Tensor, grads: list[torch.Tensor], weights: torch.Tensor) -> None:
     # The C++ kernels check everything; this check is repeated here because the dispatcher sends a call that mixes
     # meta tensors with real ones to this fake implementation, where it would otherwise pass unnoticed.
+    _check_given(op, {"base": base, **{f"grads[{k}]": g for k, g in enumerate(grads)}, "weights": weights})
     for k, g in enumerate(grads):
         if g.device != base.device:
             raise ValueError(f"{op}: grads[{k}] must be on the device of base ({base.device}), got {g.device}")
@@ -123,6 +132,9 @@ def _blend_inplace_fake(base: torch.Tensor, grads: list[torch.Tensor], weights: 
 
 def _step_stats_fake(op: str, param: torch.Tensor, named: dict, grads: list[torch.Tensor], compute_stats: bool):
     # As in _check_blend_devices: a call mixing meta and real tensors lands here and must not pass unnoticed.
+    optional = ("grad_scale", "found_inf")
+    _check_given(op, {"param": param, **{n: t for n, t in named.items() if n not in optional}})
+    _check_given(op, {f"grads[{k}]": g for k, g in enumerate(grads)})
     for name, t in [*named.items(), *((f"grads[{k}]", g) for k, g in enumerate(grads))]:
         if t is not None and t.device != param.device:
             raise ValueError(f"{op}: {name} must be on the device of param ({param.device}), got {t.device}")

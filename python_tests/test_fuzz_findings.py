@@ -172,3 +172,123 @@ def test_a_skipped_step_returns_zero_statistics_whatever_the_grad_scale(grad_sca
         True,
     )
     assert torch.equal(stats, torch.zeros(2)) and torch.equal(param, torch.ones(4))
+
+
+@pytest.mark.parametrize("op", ["sgd", "adamw"])
+@pytest.mark.parametrize("found_inf", [1.1219073349207099e-301, 5e-324, -1e-320, math.nan])
+def test_a_nonzero_found_inf_below_the_math_dtype_skips_the_step(device, op, found_inf):
+    # found_inf = 1.12e-301 in float64 with bfloat16 buffers: converted to the float32 math dtype it became 0, so the
+    # kernel stepped (param -2.33 -> -1.67e6 after maximize with a huge gradient) while the step count, read from
+    # the float64 tensor, said skipped. Nonzero in found_inf's own dtype must skip both.
+    param = torch.tensor([-2.328125, 1.5, 0.25], dtype=torch.bfloat16, device=device)
+    states = [torch.zeros(3, dtype=torch.bfloat16, device=device) for _ in range(3)]
+    grads = [torch.tensor([-9.0e7, 3.0, -4.0], dtype=torch.bfloat16, device=device)]
+    tensors = dict(
+        coefficients=torch.tensor([379.0], device=device),
+        lr=torch.tensor(0.05, device=device),
+        step=torch.tensor(0.0, device=device),
+        grad_scale=torch.tensor(1024.0, device=device),
+        found_inf=torch.tensor(found_inf, dtype=torch.float64, device=device),
+    )
+    before = [t.clone() for t in [param, *states]]
+    t = tensors
+    if op == "sgd":
+        stats = ops.sgd_step_(param, states[0], grads, t["coefficients"], t["lr"], t["step"], t["grad_scale"],
+                              t["found_inf"], 0.0, 0.0, 0.0, False, True, True)
+    else:
+        stats = ops.adamw_step_(param, states[0], states[1], states[2], grads, t["coefficients"], t["lr"], t["step"],
+                                t["grad_scale"], t["found_inf"], 0.9, 0.999, 1e-8, 0.01, True, True, True)
+    for got, want in zip([param, *states], before):
+        assert torch.equal(got, want)
+    assert t["step"].item() == 0.0
+    assert torch.equal(stats.cpu(), torch.zeros(2))
+
+
+def step_call(op: str, device: str, **replace):
+    """A valid sgd_step_ / adamw_step_ call on `device` as (function, keyword arguments), with some replaced."""
+    n = 5
+    args = dict(
+        param=torch.ones(n, device=device),
+        grads=[torch.full((n,), 0.5, device=device)],
+        coefficients=torch.ones(1, device=device),
+        lr=torch.tensor(0.1, device=device),
+        step=torch.tensor(0.0, device=device),
+        grad_scale=None,
+        found_inf=None,
+    )
+    if op == "sgd_step_":
+        args.update(momentum_buffer=torch.zeros(n, device=device), weight_decay=0.0, momentum=0.9, dampening=0.0,
+                    nesterov=False)
+    else:
+        args.update(exp_avg=torch.zeros(n, device=device), exp_avg_sq=torch.zeros(n, device=device),
+                    max_exp_avg_sq=torch.zeros(n, device=device), beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0, amsgrad=True)
+    args.update(maximize=False, compute_stats=False)
+    args.update(replace)
+    return getattr(ops, op).default, args
+
+
+NONE_CALLS = [
+    ("smooth_max", "losses", lambda d: ops.smooth_max.default(None, 1.0)),
+    ("smooth_max_backward", "grad_value", lambda d: ops.smooth_max_backward.default(None, torch.ones(3, device=d))),
+    ("smooth_max_backward", "weights", lambda d: ops.smooth_max_backward.default(torch.ones((), device=d), None)),
+    ("blend", "base", lambda d: ops.blend.default(None, [torch.ones(2, device=d)], torch.ones(1, device=d), 1.0)),
+    ("blend", "weights", lambda d: ops.blend.default(torch.ones(2, device=d), [torch.ones(2, device=d)], None, 1.0)),
+    ("blend_", "base", lambda d: ops.blend_.default(None, [torch.ones(2, device=d)], torch.ones(1, device=d), 1.0)),
+]
+for _op in ("sgd_step_", "adamw_step_"):
+    _names = ["param", "coefficients", "lr", "step"]
+    _names += ["momentum_buffer"] if _op == "sgd_step_" else ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+    for _name in _names:
+        NONE_CALLS.append((_op, _name, lambda d, o=_op, n=_name: (lambda f, a: f(**a))(*step_call(o, d, **{n: None}))))
+
+
+@pytest.mark.parametrize("where", ["kernel", "meta"])
+@pytest.mark.parametrize(("op", "name", "call"), NONE_CALLS, ids=[f"{o}-{n}" for o, n, _ in NONE_CALLS])
+def test_none_for_a_tensor_is_refused_by_name_through_torch_ops(device, where, op, name, call):
+    # Reached the kernels as an undefined tensor: "tensor does not have a device" or "got UNKNOWN_SCALAR" on a
+    # device, an AttributeError in the fake (meta) implementations.
+    with pytest.raises(TypeError, match=f"mimo_ext.{op}: {name} must be a tensor, got None"):
+        call("meta" if where == "meta" else device)
+
+
+WRITTEN = {"sgd_step_": ["param", "momentum_buffer", "step"],
+           "adamw_step_": ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"]}
+
+
+@pytest.mark.parametrize(("op", "name"), [(o, n) for o, names in WRITTEN.items() for n in names])
+def test_a_written_tensor_requiring_grad_is_refused_by_name(device, op, name):
+    # step requiring grad met autograd's "a leaf Variable that requires grad is being used in an in-place
+    # operation", which names no argument, while param requiring grad got this op's own message.
+    fn, args = step_call(op, device)
+    args[name] = args[name].clone().requires_grad_()
+    before = {k: v.detach().clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match=f"mimo_ext.{op}: {name} requires grad, but this op is not differentiable"):
+        fn(**args)
+    for k, v in before.items():
+        assert torch.equal(args[k].detach(), v), k
+    with torch.no_grad():  # where optimizers step: accepted
+        fn(**args)
+    assert args["step"].item() == 1.0
+
+
+def test_in_place_ops_bump_the_version_of_what_they_write(device):
+    # As an in-place ATen op does: a tensor autograd saved and blend_ or a step then overwrote is detected at
+    # backward instead of giving a silently wrong gradient.
+    x = torch.ones(4, device=device, requires_grad=True)
+    base = torch.ones(4, device=device)
+    y = (x * base).sum()
+    with torch.no_grad():
+        ops.blend_(base, [torch.ones(4, device=device)], torch.ones(1, device=device), 1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    fn, args = step_call("adamw_step_", device)
+    versions = {k: v._version for k, v in args.items() if isinstance(v, torch.Tensor)}
+    fn(**args)
+    for k, v in versions.items():
+        assert args[k]._version == v + (k in WRITTEN["adamw_step_"]), k
+    fn, args = step_call("sgd_step_", device, lr=torch.tensor([0.1, 0.2], device=device))
+    versions = {k: v._version for k, v in args.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="lr must hold a single value"):
+        fn(**args)
+    assert all(args[k]._version == v for k, v in versions.items())  # rejected: nothing written, no bump
