@@ -139,7 +139,7 @@ def test_one_loop_and_blocked_paths_give_the_same_bits(dtype, k, algorithm):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("k", [1, 4, 5, 8, 9, 13])
 def test_every_blend_loop_path_matches_float64(dtype, k):
-    """The CPU blend reads up to 4 gradients in one loop and more in groups of 4 over L1 blocks: both paths, in
+    """The CPU blend reads up to 8 gradients in one loop and more in groups of 4 over L1 blocks: both paths, in
     place and into a new output, against float64 (one rounding at the store), and in place == new output."""
     n = 16384 + 4095  # a whole parallel task and a partial one, and a partial block
     gen = torch.Generator().manual_seed(100 + k)

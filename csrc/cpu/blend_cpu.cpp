@@ -1,5 +1,5 @@
 // CPU kernel of mimo_ext::blend and mimo_ext::blend_: the buffer is split between threads; each thread runs one
-// loop over base and up to 4 gradients (more: groups of 4 over blocks that fit in L1), accumulating in acc_t. The
+// loop over base and up to 8 gradients (more: groups of 4 over blocks that fit in L1), accumulating in acc_t. The
 // loops are plain unit-stride loops, which the compiler vectorises, once per instruction set (cpu_isa.h); the
 // output is written once and every input read once.
 #include "../blend_math.h"
@@ -19,7 +19,8 @@ namespace {
 
 constexpr int64_t kBlock = 1024;          // elements per block: acc_t[kBlock] stays in L1
 constexpr int64_t kGrain = 16 * kBlock;  // elements per parallel task
-constexpr int kGroup = 4;                // gradients read together in one pass
+constexpr int kDirect = 8;               // up to this many gradients: one loop over every buffer
+constexpr int kGroup = 4;                // beyond it: gradients read together per pass over an L1 block
 
 // One element through G gradients in order, acc + c_0 g_0 + c_1 g_1 + ...: the rounding order of one gradient
 // at a time, whatever the grouping.
@@ -31,9 +32,12 @@ C10_ALWAYS_INLINE acc_t accumulate(acc_t acc, const scalar_t* const* g, const ac
   return acc;
 }
 
-// K <= kGroup: base and every gradient stream through one loop, each element written once. Reading all streams
+// K <= kDirect: base and every gradient stream through one loop, each element written once. Reading all streams
 // in the same loop keeps every hardware prefetch stream running; a loop per gradient over L1-sized blocks
-// restarted each stream at every 4 KB page and ran at 60-75% of the copy bandwidth for K = 3..6 (NOTES.md).
+// restarted each stream at every 4 KB page and ran at 60-75% of the copy bandwidth for K = 3..6 (NOTES.md). K = 5..8
+// went through groups of 4 over L1 blocks until session 3: on an AVX2 EPYC, K = 6 at 16M took 42-44 ms that way
+// against 32-36 ms in one loop (torch.compile's single loop: 34-35 ms). Up to 9 streams stay within the compiler's
+// run-time aliasing checks (out against base and each gradient), so the loop is still vectorised.
 template <int G, typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void blend_direct(const scalar_t* b, const scalar_t* const* grads, const acc_t* coefficients,
                                     scalar_t* o, int64_t begin, int64_t end) {
@@ -54,7 +58,7 @@ C10_ALWAYS_INLINE void blend_direct(const scalar_t* b, const scalar_t* const* gr
   }
 }
 
-// acc[0, len) through G more gradients (K > kGroup: groups of kGroup over an L1 block).
+// acc[0, len) through G more gradients (K > kDirect: groups of kGroup over an L1 block).
 template <int G, typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void accumulate_block(acc_t* acc, const scalar_t* const* grads, const acc_t* coefficients,
                                         int64_t start, int64_t len) {
@@ -83,7 +87,16 @@ C10_ALWAYS_INLINE void blend_range(const scalar_t* b, const scalar_t* const* gra
       return blend_direct<3>(b, grads, coefficients, o, begin, end);
     case 4:
       return blend_direct<4>(b, grads, coefficients, o, begin, end);
+    case 5:
+      return blend_direct<5>(b, grads, coefficients, o, begin, end);
+    case 6:
+      return blend_direct<6>(b, grads, coefficients, o, begin, end);
+    case 7:
+      return blend_direct<7>(b, grads, coefficients, o, begin, end);
+    case 8:
+      return blend_direct<8>(b, grads, coefficients, o, begin, end);
     default:
+      static_assert(kDirect == 8, "one case per gradient count up to kDirect");
       break;
   }
   acc_t acc[kBlock];
@@ -119,20 +132,20 @@ using BlendRange = void (*)(const scalar_t*, const scalar_t* const*, const acc_t
                             int64_t);
 
 template <typename scalar_t, typename acc_t>
-void blend_range_baseline(const scalar_t* b, const scalar_t* const* grads, const acc_t* coefficients,
+MIMO_EXT_FLATTEN void blend_range_baseline(const scalar_t* b, const scalar_t* const* grads, const acc_t* coefficients,
                           int64_t k_count, scalar_t* o, int64_t begin, int64_t end) {
   blend_range(b, grads, coefficients, k_count, o, begin, end);
 }
 
 template <typename scalar_t, typename acc_t>
-MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, const scalar_t* const* grads,
+MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, const scalar_t* const* grads,
                                            const acc_t* coefficients, int64_t k_count, scalar_t* o, int64_t begin,
                                            int64_t end) {
   blend_range(b, grads, coefficients, k_count, o, begin, end);
 }
 
 template <typename scalar_t, typename acc_t>
-MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* b, const scalar_t* const* grads,
+MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* b, const scalar_t* const* grads,
                                                const acc_t* coefficients, int64_t k_count, scalar_t* o,
                                                int64_t begin, int64_t end) {
   blend_range(b, grads, coefficients, k_count, o, begin, end);
@@ -164,7 +177,7 @@ void blend_cpu_typed(const at::Tensor& base, at::TensorList grads, const at::Ten
     coefficients[k] = math::blend_coefficient(static_cast<acc_t>(gamma), w[k]);
     grad_ptrs[k] = grads[k].const_data_ptr<scalar_t>();
   }
-  // base may be out itself (blend_): each element (each block, for K > kGroup) is read before it is written.
+  // base may be out itself (blend_): each element (each block, for K > kDirect) is read before it is written.
   const scalar_t* b = base.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const BlendRange<scalar_t, acc_t> range = blend_range_for<scalar_t, acc_t>(cpu_isa());

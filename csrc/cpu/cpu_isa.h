@@ -22,6 +22,17 @@ const char* cpu_isa_name(CpuIsa isa);
 
 }  // namespace mimo_ext
 
+// MIMO_EXT_FLATTEN on a per-ISA entry function inlines every call in its loops, c10's BFloat16 / Half conversions
+// included. In the blend, GCC stopped inlining those plain-inline constructors once the entry function held all
+// the always-inlined loop variants (its large-function growth limit), leaving one call per element and the
+// bfloat16 loops scalar (13.7 -> 2.7 ms for K = 3 at 4M elements; NOTES.md, session 3). The float16 loops and the
+// steps' half-type loops stay slow for other reasons (NOTES.md).
+#if defined(__GNUC__) || defined(__clang__)
+#define MIMO_EXT_FLATTEN __attribute__((flatten))
+#else
+#define MIMO_EXT_FLATTEN
+#endif
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define MIMO_EXT_HAS_ISA_VARIANTS 1
 #define MIMO_EXT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
