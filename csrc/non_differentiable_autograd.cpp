@@ -47,7 +47,9 @@ void refuse_grad_bump_versions_redispatch(const c10::OperatorHandle& op, c10::Di
         check_no_grad_needed(name.c_str(), arguments[i].name(), t);
       }
       const c10::AliasInfo* alias = arguments[i].alias_info();
-      if (alias != nullptr && alias->isWrite() && t.defined()) {
+      // An inference tensor has no version counter (bumping it throws, after the kernel wrote): it stays
+      // unversioned, as before this kernel existed.
+      if (alias != nullptr && alias->isWrite() && t.defined() && !t.is_inference()) {
         written.push_back(t);
       }
     } else if (grad_mode && value.isTensorList()) {

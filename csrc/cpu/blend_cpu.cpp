@@ -132,22 +132,23 @@ using BlendRange = void (*)(const scalar_t*, const scalar_t* const*, const acc_t
                             int64_t);
 
 template <typename scalar_t, typename acc_t>
-MIMO_EXT_FLATTEN void blend_range_baseline(const scalar_t* b, const scalar_t* const* grads, const acc_t* coefficients,
-                          int64_t k_count, scalar_t* o, int64_t begin, int64_t end) {
-  blend_range(b, grads, coefficients, k_count, o, begin, end);
-}
-
-template <typename scalar_t, typename acc_t>
-MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, const scalar_t* const* grads,
+MIMO_EXT_FLATTEN void blend_range_baseline(const scalar_t* b, const scalar_t* const* grads,
                                            const acc_t* coefficients, int64_t k_count, scalar_t* o, int64_t begin,
                                            int64_t end) {
   blend_range(b, grads, coefficients, k_count, o, begin, end);
 }
 
 template <typename scalar_t, typename acc_t>
+MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, const scalar_t* const* grads,
+                                                            const acc_t* coefficients, int64_t k_count, scalar_t* o,
+                                                            int64_t begin, int64_t end) {
+  blend_range(b, grads, coefficients, k_count, o, begin, end);
+}
+
+template <typename scalar_t, typename acc_t>
 MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* b, const scalar_t* const* grads,
-                                               const acc_t* coefficients, int64_t k_count, scalar_t* o,
-                                               int64_t begin, int64_t end) {
+                                                                const acc_t* coefficients, int64_t k_count,
+                                                                scalar_t* o, int64_t begin, int64_t end) {
   blend_range(b, grads, coefficients, k_count, o, begin, end);
 }
 
