@@ -25,9 +25,11 @@ void check_given(const char* op, const std::string& name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " must be a tensor, got None");
 }
 
-// With grad mode on, an input that requires grad used to pass: blend's result then got no gradient (PyTorch only
-// warns, at backward time), and the in-place ops wrote into tensors autograd tracks (a leaf that requires grad,
-// which PyTorch's own in-place ops refuse).
+// Called for every tensor argument by the Autograd-key kernel of blend, blend_ and the steps
+// (non_differentiable_autograd.cpp), the one layer every call with grad mode on passes through. With grad mode
+// on, an input that requires grad used to pass: blend's result then got no gradient (PyTorch only warns, at
+// backward time), and the in-place ops wrote into tensors autograd tracks (a leaf that requires grad, which
+// PyTorch's own in-place ops refuse).
 void check_no_grad_needed(const char* op, const std::string& name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(!(t.requires_grad() && at::GradMode::is_enabled()), op, ": ", name,
                     " requires grad, but this op is not differentiable; call it under torch.no_grad() or on detached "
@@ -103,11 +105,6 @@ void check_blend_args(const at::Tensor& base, at::TensorList grads, const at::Te
     // Read by every thread while base is written.
     TORCH_CHECK_VALUE(!overlaps(weights, base), op, ": weights overlaps base, which is written in place");
   }
-  check_no_grad_needed(op, "base", base);
-  for (size_t k = 0; k < grads.size(); ++k) {
-    check_no_grad_needed(op, "grads[" + std::to_string(k) + "]", grads[k]);
-  }
-  check_no_grad_needed(op, "weights", weights);
 }
 
 namespace {
@@ -138,12 +135,16 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
                         at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
                         const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
                         const std::optional<at::Tensor>& found_inf) {
+  std::vector<std::string> grad_names;
+  for (size_t k = 0; k < grads.size(); ++k) {
+    grad_names.push_back("grads[" + std::to_string(k) + "]");
+  }
   check_given(op, "param", param);
   for (const NamedBuffer& s : states) {
     check_given(op, s.name, *s.tensor);
   }
   for (size_t k = 0; k < grads.size(); ++k) {
-    check_given(op, "grads[" + std::to_string(k) + "]", grads[k]);
+    check_given(op, grad_names[k], grads[k]);
   }
   check_given(op, "coefficients", coefficients);
   check_given(op, "lr", lr);
@@ -164,10 +165,8 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
                     kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
                     " modalities), got ", grads.size());
-  std::vector<std::string> grad_names;
   for (size_t k = 0; k < grads.size(); ++k) {
-    grad_names.push_back("grads[" + std::to_string(k) + "]");
-    check_like_param(op, grad_names.back(), grads[k], param);
+    check_like_param(op, grad_names[k], grads[k], param);
   }
   TORCH_CHECK_TYPE(is_supported_float(coefficients.scalar_type()), op,
                    ": coefficients must be a floating-point tensor, got ", coefficients.scalar_type());
@@ -214,15 +213,6 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
       TORCH_CHECK_VALUE(!overlaps(step, *w.tensor), op, ": step overlaps ", w.name, ", which is written in place");
     }
   }
-  check_no_grad_needed(op, "param", param);
-  for (const NamedBuffer& state : states) {
-    check_no_grad_needed(op, state.name, *state.tensor);
-  }
-  for (size_t k = 0; k < grads.size(); ++k) {
-    check_no_grad_needed(op, grad_names[k], grads[k]);
-  }
-  check_no_grad_needed(op, "coefficients", coefficients);
-  check_no_grad_needed(op, "lr", lr);
 }
 
 void check_sgd_hyperparameters(double weight_decay, double momentum, double dampening, bool nesterov) {

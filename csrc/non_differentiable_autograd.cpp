@@ -8,8 +8,9 @@
 //   does, so that autograd notices a saved tensor that blend_ or a step later overwrote instead of silently
 //   computing a wrong gradient.
 //
-// Argument validation itself stays in checks.cpp, run by the device kernels (the same on every device, and also
-// for calls that skip this layer). Under torch.inference_mode() autograd keys are excluded and this never runs.
+// The requires-grad check is made here only (the device kernels used to repeat it for some arguments); the rest of
+// the validation stays in checks.cpp, run by the device kernels before anything is written. Under
+// torch.inference_mode() autograd keys are excluded and grad mode is off: this never runs, and nothing needs it.
 #include "checks.h"
 
 #include <ATen/core/LegacyTypeDispatch.h>
