@@ -11,6 +11,7 @@ Switches (environment variables):
 """
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def read_sources() -> dict[str, list[str]]:
             continue
         sections[current].append(line)
     return sections
+
+
+UNSWITCH_FLAG = "--param=max-unswitch-insns=400"
+
+
+def compiler_is_gcc() -> bool:
+    """Whether the C++ compiler torch will call (CXX, default c++) is GCC: it takes GCC-only --param flags."""
+    try:
+        version = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True)
+    except OSError:
+        return False
+    return "Free Software Foundation" in version.stdout and "clang" not in version.stdout
 
 
 def flag(name: str) -> bool:
@@ -85,6 +98,11 @@ def make_extension():
     # No a * b + c -> FMA contraction: the AVX2 / AVX-512 variants of the CPU loops (csrc/cpu/cpu_isa.h) then give
     # bit-identical results to the baseline build, so a result does not depend on the CPU it was computed on.
     cxx_flags += ["-ffp-contract=off"]
+    # GCC unswitches a loop on a loop-invariant flag (maximize, nesterov, ...) only below 50 instructions by default;
+    # the half-type step loops, with their conversions, are longer, so they kept a select on a scalar bool, which
+    # GCC 12 cannot vectorise: those loops ran scalar (benchmarks/NOTES.md, session 4). Same operations, same bits.
+    if compiler_is_gcc():
+        cxx_flags += [UNSWITCH_FLAG]
     arch_list = None
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -26,7 +26,7 @@ const char* cpu_isa_name(CpuIsa isa);
 // included. In the blend, GCC stopped inlining those plain-inline constructors once the entry function held all
 // the always-inlined loop variants (its large-function growth limit), leaving one call per element and the
 // bfloat16 loops scalar (13.7 -> 2.7 ms for K = 3 at 4M elements; NOTES.md, session 3). The float16 loops and the
-// steps' half-type loops stay slow for other reasons (NOTES.md).
+// steps' half-type loops were scalar for other reasons (half_convert.h, and the unswitching flag in setup.py).
 #if defined(__GNUC__) || defined(__clang__)
 #define MIMO_EXT_FLATTEN __attribute__((flatten))
 #else

@@ -7,6 +7,7 @@
 #include "../blend_math.h"
 #include "../step_entry.h"
 #include "cpu_isa.h"
+#include "half_convert.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -62,37 +63,37 @@ C10_ALWAYS_INLINE void step_fused_loop(const Update& update, const typename Upda
   const Update u = update;
   const typename Update::PerStep ps = per_step;
   for (int64_t i = begin; i < end; ++i) {
-    acc_t g = math::blend_accumulate(acc_t(0), c[0], g0[i]);
+    acc_t g = math::blend_accumulate(acc_t(0), c[0], cpu::to_acc(g0[i]));
     if constexpr (G > 1) {
-      g = math::blend_accumulate(g, c[1], g1[i]);
+      g = math::blend_accumulate(g, c[1], cpu::to_acc(g1[i]));
     }
     if constexpr (G > 2) {
-      g = math::blend_accumulate(g, c[2], g2[i]);
+      g = math::blend_accumulate(g, c[2], cpu::to_acc(g2[i]));
     }
     if constexpr (G > 3) {
-      g = math::blend_accumulate(g, c[3], g3[i]);
+      g = math::blend_accumulate(g, c[3], cpu::to_acc(g3[i]));
     }
-    acc_t p = static_cast<acc_t>(param[i]);
+    acc_t p = cpu::to_acc(param[i]);
     acc_t st[math::kMaxStates] = {};
     if constexpr (kStates > 0) {
-      st[0] = static_cast<acc_t>(s0[i]);
+      st[0] = cpu::to_acc(s0[i]);
     }
     if constexpr (kStates > 1) {
-      st[1] = static_cast<acc_t>(s1[i]);
+      st[1] = cpu::to_acc(s1[i]);
     }
     if constexpr (kStates > 2) {
-      st[2] = static_cast<acc_t>(s2[i]);
+      st[2] = cpu::to_acc(s2[i]);
     }
     u.template apply<kStates>(ps, p, st, g);
-    param[i] = static_cast<scalar_t>(p);
+    param[i] = cpu::from_acc<scalar_t>(p);
     if constexpr (kStates > 0) {
-      s0[i] = static_cast<scalar_t>(st[0]);
+      s0[i] = cpu::from_acc<scalar_t>(st[0]);
     }
     if constexpr (kStates > 1) {
-      s1[i] = static_cast<scalar_t>(st[1]);
+      s1[i] = cpu::from_acc<scalar_t>(st[1]);
     }
     if constexpr (kStates > 2) {
-      s2[i] = static_cast<scalar_t>(st[2]);
+      s2[i] = cpu::from_acc<scalar_t>(st[2]);
     }
   }
 }
@@ -150,14 +151,14 @@ C10_ALWAYS_INLINE void step_chunks(const StepPointers<scalar_t, Update>& s, int6
         const scalar_t* gk = s.grads[k] + start;
         const acc_t c = s.coefficients[k];
         for (int64_t i = 0; i < len; ++i) {
-          g[i] = math::blend_accumulate(g[i], c, gk[i]);
+          g[i] = math::blend_accumulate(g[i], c, cpu::to_acc(gk[i]));
         }
         if (partial != nullptr) {
           // Plain in-order sums (not vectorised without -ffast-math): the same order in every ISA variant.
           acc_t sq = 0;
           acc_t dot = 0;
           for (int64_t i = 0; i < len; ++i) {
-            const acc_t v = static_cast<acc_t>(gk[i]);
+            const acc_t v = cpu::to_acc(gk[i]);
             sq += v * v;
             if (k == 0) {
               g0[i] = v;
@@ -180,15 +181,15 @@ C10_ALWAYS_INLINE void step_chunks(const StepPointers<scalar_t, Update>& s, int6
       }
       scalar_t* const p_block = s.param + start;
       for (int64_t i = 0; i < len; ++i) {
-        acc_t p = static_cast<acc_t>(p_block[i]);
+        acc_t p = cpu::to_acc(p_block[i]);
         acc_t st[math::kMaxStates] = {};
         for (int j = 0; j < kStates; ++j) {
-          st[j] = static_cast<acc_t>(s.states[j][start + i]);
+          st[j] = cpu::to_acc(s.states[j][start + i]);
         }
         s.update->template apply<kStates>(s.per_step, p, st, g[i]);
-        p_block[i] = static_cast<scalar_t>(p);
+        p_block[i] = cpu::from_acc<scalar_t>(p);
         for (int j = 0; j < kStates; ++j) {
-          s.states[j][start + i] = static_cast<scalar_t>(st[j]);
+          s.states[j][start + i] = cpu::from_acc<scalar_t>(st[j]);
         }
       }
     }
