@@ -146,9 +146,10 @@ MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, c
   blend_range<cpu::MaskedConversions>(b, grads, coefficients, k_count, o, begin, end);
 }
 
-// The AVX-512 loops keep c10's conversions: with masked instructions GCC vectorises their branches, and on a
-// Sapphire Rapids-class Xeon they were 15-25% faster than half_convert.h's (bfloat16 / float16 blend_, K = 3 at
-// 4M: 2.8 / 5.6 ms against 3.3 / 6.9). Without AVX-512 c10's stay scalar in float16 (AVX2: 79 ms against 15 ms).
+// The AVX-512 loops keep c10's conversions: with masked instructions GCC vectorises their branches, and on an
+// Intel Xeon with AVX-512 FP16 / BF16 and AMX (session 4) they were 15-25% faster than half_convert.h's
+// (bfloat16 / float16 blend_, K = 3 at 4M: 2.8 / 5.6 ms against 3.3 / 6.9). Without AVX-512, c10's stay scalar
+// in float16 (AVX2: 79 ms against 10-15 ms).
 template <typename scalar_t, typename acc_t>
 MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* b, const scalar_t* const* grads,
                                                                 const acc_t* coefficients, int64_t k_count,
