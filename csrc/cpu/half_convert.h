@@ -93,10 +93,6 @@ C10_ALWAYS_INLINE scalar_t from_acc(acc_t v) {
   }
 }
 
-}  // namespace mimo_ext::cpu
-
-namespace mimo_ext::cpu {
-
 // The conversions as policies, for loops that pick them per instruction set (blend_cpu.cpp).
 struct MaskedConversions {  // the functions above
   template <typename scalar_t>
