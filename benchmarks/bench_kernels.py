@@ -15,7 +15,9 @@ Every candidate is checked against a float64 reference before it is timed. The b
   expression. Above glibc's mmap threshold (32 MB) every new output is a freshly mapped, zero-filled region, so at
   large n every candidate here also pays the page faults: the speedups are what a caller gets, not kernel speed.
 
-Candidates are timed in interleaved rounds (median of the rounds' medians) so background load spreads over all.
+Candidates are timed in interleaved rounds (median of the rounds' medians) so background load spreads over all;
+``--rounds N`` raises their number, and each round's ratio to torch.compile is recorded (a paired comparison: its
+spread over the rounds is the machine's noise on that ratio).
 torch.compile is compiled once per (K, dtype, form) with a dynamic length.
 """
 
@@ -138,6 +140,13 @@ def bench_blend(device: str, preset: dict, ceiling: float, with_compile: bool, t
                     times = {name: statistics.median(ts) for name, ts in rounds.items()}
                     ours_name = next(name for name in times if name.startswith("mimo_ext"))
                     ours = times[ours_name]
+                    # Each round times every candidate back to back, so one round's ratio is a paired comparison;
+                    # their spread says how far this machine's noise reaches.
+                    compile_ratios = (
+                        [c / o for c, o in zip(rounds["torch.compile"], rounds[ours_name])]
+                        if "torch.compile" in rounds
+                        else None
+                    )
                     eager = min(t for name, t in times.items() if name.startswith("eager"))
                     gbps = (k + 2) * base.nbytes / ours / 1e9
                     rows.append(
@@ -152,6 +161,8 @@ def bench_blend(device: str, preset: dict, ceiling: float, with_compile: bool, t
                             "fraction_of_copy": gbps / ceiling,
                             "speedup_vs_best_eager": eager / ours,
                             "speedup_vs_compile": times["torch.compile"] / ours if "torch.compile" in times else None,
+                            "speedup_vs_compile_per_round": compile_ratios,
+                            "round_seconds": rounds,
                         }
                     )
                     print(f"blend {form}, {dtype}, K={k}, n={n:,}: checked and timed", flush=True)
@@ -229,9 +240,11 @@ def print_tables(ceiling: float, rows: list[dict]) -> None:
         comp = t.get("torch.compile")
         comp_text = f"{comp * 1e6:>12.1f}" if comp else f"{'-':>12}"
         x_comp = f"{r['speedup_vs_compile']:>10.2f}" if comp else f"{'-':>10}"
+        per_round = r.get("speedup_vs_compile_per_round") or []
+        spread = f"  rounds {min(per_round):.2f}-{max(per_round):.2f}" if len(per_round) > 1 else ""
         print(
             f"{r['form']:<11}{r['dtype']:<10}{r['K']:>3}{r['n']:>11}{ours * 1e6:>10.1f}{eager * 1e6:>10.1f}{comp_text}"
-            f"{r['GB/s']:>7.1f}{r['fraction_of_copy']:>8.2f}{r['speedup_vs_best_eager']:>8.2f}{x_comp}"
+            f"{r['GB/s']:>7.1f}{r['fraction_of_copy']:>8.2f}{r['speedup_vs_best_eager']:>8.2f}{x_comp}{spread}"
         )
     print(f"\n{'smooth_max':<14}{'fwd us':>9}{'stock':>9}{'x':>7}{'fwd+bwd us':>12}{'stock':>9}{'x':>7}")
     for r in rows:
@@ -258,11 +271,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads to time with")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="blend lengths (default: preset's)")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="blend K values (default: preset's)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     preset_name = "quick" if args.quick else "full"
     preset = dict(PRESETS[preset_name])
-    for key in ("lengths", "ks"):
+    for key in ("lengths", "ks", "rounds"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     with_compile = (not args.quick) if args.compile is None else args.compile

@@ -1,12 +1,13 @@
-// Math of the smoothed max, shared by the CPU and CUDA kernels (host/device inline functions).
+// Math of the smoothed max, host/device inline functions used by the CUDA kernels (the CPU kernel,
+// cpu/smooth_max_cpu.cpp, follows the same rules in passes that vectorise, and test_math checks these functions).
 //
 // S_mu(l) = mu * log(sum_i exp(l_i / mu)) and w = softmax(l / mu) are evaluated relative to the row's largest
 // loss m:  S_mu = m + mu * log(sum_i exp((l_i - m) / mu)),  w_i = exp((l_i - m) / mu) / sum.
 // Every exponent is <= 0, so nothing overflows however large |l / mu| is, and the sum lies in [1, M].
 //
 // The state is built online (one pass, order-free merge) so that a CUDA warp can split a long row between lanes
-// and combine the partial states with shuffles, while the CPU and the one-thread-per-row CUDA kernel fold a row
-// element by element. A row holding any NaN or +-Inf yields NaN for the value and every weight.
+// and combine the partial states with shuffles, while the one-thread-per-row CUDA kernel folds a row element by
+// element. A row holding any NaN or +-Inf yields NaN for the value and every weight.
 #pragma once
 
 #include <c10/macros/Macros.h>

@@ -1,8 +1,8 @@
 """The CPU kernels' instruction-set variants (csrc/cpu/cpu_isa.h) give bit-identical results.
 
 Each variant is chosen once per process (MIMO_EXT_CPU_ISA lowers the choice), so every variant runs in a
-subprocess that hashes the outputs of blend and of both fused steps (every dtype, statistics on, odd length over
-several parallel chunks); all hashes must agree with the baseline's.
+subprocess that hashes the outputs of blend, of smooth_max and of both fused steps (every dtype, statistics on,
+odd length over several parallel chunks); all hashes must agree with the baseline's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     base = torch.randn(n).to(dtype)
     grads = [torch.randn(n).to(dtype) for _ in range(3)]
     outputs.append(mimo_ext.blend(base, grads, torch.rand(3), 0.7))
+    for rows, m in ((30001, 3), (4099, 7), (5, 11), (3, 2049)):  # fixed widths, blocks, tasks; a long row
+        losses = (torch.randn(rows, m) * 2).to(dtype)
+        losses[::977, 1] = float("nan")
+        for mu in (0.1, 1e-60):  # 1e-60: zero in float32, the hard max
+            outputs += list(mimo_ext.smooth_max(losses, mu))
     coefficients = torch.tensor([1.0, 0.3, 0.2], dtype=acc)
     lr = torch.tensor(1e-3, dtype=acc)
     for algorithm in ("adamw", "sgd"):

@@ -92,6 +92,28 @@ def test_non_finite_loss_makes_its_row_nan(device, dtype, bad):
     assert torch.equal(value[[0, 2]], mimo_ext.smooth_max(losses[[0, 2]], 0.5)[0])
 
 
+# Shapes that cross the CPU kernel's blocks (2048 losses), its parallel tasks (about 32k losses) and rows longer
+# than a block (a scratch of their own), with non-finite rows in several blocks among the finite ones.
+BLOCKED_SHAPES = [(30001, 3), (2731, 7), (3, 2049), (2, 5000)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", BLOCKED_SHAPES, ids=str)
+def test_many_rows_and_long_rows_match_reference(device, dtype, shape):
+    rows, m = shape
+    losses = random_losses(shape, dtype, device, scale=2.0)
+    magnitude = losses.abs().max().item()
+    bad_rows = list(range(0, rows, max(1, rows // 7)))
+    for j, r in enumerate(bad_rows):
+        losses[r, (5 * j) % m] = (float("nan"), float("inf"), float("-inf"))[j % 3]
+    for mu in (0.1, 3.0):
+        value, weights = mimo_ext.smooth_max(losses, mu)
+        ref_value, ref_weights = smooth_max_reference(losses, mu)
+        assert ref_value.isnan().sum().item() == len(bad_rows)
+        assert_matches_reference(value, ref_value, scale=magnitude + mu * 8, terms=8)
+        assert_matches_reference(weights, ref_weights, scale=1.0, terms=8 + m)
+
+
 def test_weights_sum_to_one(device):
     losses = random_losses((64, 6), torch.float32, device, scale=3.0)
     _, weights = mimo_ext.smooth_max(losses, 0.2)

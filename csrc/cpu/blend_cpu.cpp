@@ -157,19 +157,6 @@ MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* 
   blend_range<cpu::C10Conversions>(b, grads, coefficients, k_count, o, begin, end);
 }
 
-template <typename scalar_t, typename acc_t>
-BlendRange<scalar_t, acc_t> blend_range_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512:
-      return &blend_range_avx512<scalar_t, acc_t>;
-    case CpuIsa::kAvx2:
-      return &blend_range_avx2<scalar_t, acc_t>;
-    case CpuIsa::kBaseline:
-      break;
-  }
-  return &blend_range_baseline<scalar_t, acc_t>;
-}
-
 template <typename scalar_t>
 void blend_cpu_typed(const at::Tensor& base, at::TensorList grads, const at::Tensor& weights, double gamma,
                      const at::Tensor& out) {
@@ -186,7 +173,8 @@ void blend_cpu_typed(const at::Tensor& base, at::TensorList grads, const at::Ten
   // base may be out itself (blend_): each element (each block, for K > kDirect) is read before it is written.
   const scalar_t* b = base.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const BlendRange<scalar_t, acc_t> range = blend_range_for<scalar_t, acc_t>(cpu_isa());
+  const BlendRange<scalar_t, acc_t> range = pick_for_cpu_isa<BlendRange<scalar_t, acc_t>>(
+      &blend_range_baseline<scalar_t, acc_t>, &blend_range_avx2<scalar_t, acc_t>, &blend_range_avx512<scalar_t, acc_t>);
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     range(b, grad_ptrs.data(), coefficients.data(), k_count, o, begin, end);
   });

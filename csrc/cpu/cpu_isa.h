@@ -20,6 +20,20 @@ CpuIsa cpu_isa();
 
 const char* cpu_isa_name(CpuIsa isa);
 
+// Of a loop's three compiled variants, the one for this process's instruction set.
+template <typename Fn>
+Fn pick_for_cpu_isa(Fn baseline, Fn avx2, Fn avx512) {
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512:
+      return avx512;
+    case CpuIsa::kAvx2:
+      return avx2;
+    case CpuIsa::kBaseline:
+      break;
+  }
+  return baseline;
+}
+
 }  // namespace mimo_ext
 
 // MIMO_EXT_FLATTEN on a per-ISA entry function inlines every call in its loops, c10's BFloat16 / Half conversions

@@ -92,13 +92,17 @@ void test_smooth_max() {
   at::manual_seed(0);
   for (const at::ScalarType dtype : dtypes) {
     const double rel = rel_tol(dtype);
-    // [2, 5, 4] with a non-contiguous view, a long row (warp path on CUDA), and a single loss.
+    // [2, 5, 4] with a non-contiguous view, a long row (warp path on CUDA), and a single loss; then rows over
+    // several of the CPU kernel's 2048-loss blocks, and rows longer than a block (their own scratch), so that the
+    // sanitizer build walks the kernel's scratch at its edges.
     std::vector<at::Tensor> inputs = {
         at::randn({2, 5, 4}, at::kDouble).to(dtype),
         at::randn({4, 5}, at::kDouble).to(dtype).t(),
         at::randn({3, 100}, at::kDouble).mul(10).to(dtype),
         at::randn({1}, at::kDouble).to(dtype),
         at::randn({64, 3}, at::kDouble).to(dtype),
+        at::randn({5001, 3}, at::kDouble).to(dtype),
+        at::randn({2, 2049}, at::kDouble).to(dtype),
     };
     for (const at::Tensor& losses : inputs) {
       for (const double mu : {1.0, 0.1, 1e-3}) {
