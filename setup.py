@@ -96,7 +96,8 @@ def make_extension():
     # sqrt without the errno branch: lets the compiler vectorise the AdamW update loop (nothing here reads errno).
     cxx_flags += ["-fno-math-errno"]
     # No a * b + c -> FMA contraction: the AVX2 / AVX-512 variants of the CPU loops (csrc/cpu/cpu_isa.h) then give
-    # bit-identical results to the baseline build, so a result does not depend on the CPU it was computed on.
+    # bit-identical results to the baseline build, so a result does not depend on the variant chosen. (The libm
+    # calls left in them, smooth_max's per-row log, are glibc's own choice per CPU, the same for every variant.)
     cxx_flags += ["-ffp-contract=off"]
     # GCC unswitches a loop on a loop-invariant flag (maximize, nesterov, ...) only below 50 instructions by default;
     # the half-type step loops, with their conversions, are longer, so they kept a select on a scalar bool, which

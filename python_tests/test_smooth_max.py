@@ -92,9 +92,10 @@ def test_non_finite_loss_makes_its_row_nan(device, dtype, bad):
     assert torch.equal(value[[0, 2]], mimo_ext.smooth_max(losses[[0, 2]], 0.5)[0])
 
 
-# Shapes that cross the CPU kernel's blocks (2048 losses), its parallel tasks (about 32k losses) and rows longer
-# than a block (a scratch of their own), with non-finite rows in several blocks among the finite ones.
-BLOCKED_SHAPES = [(30001, 3), (2731, 7), (3, 2049), (2, 5000)]
+# Shapes that cross the CPU kernel's blocks (2048 losses), its parallel tasks (about 32k losses), fill its scratch
+# exactly (M = 1: 2048 rows a block; a row of 2048) or need one of their own (rows longer than a block), with
+# non-finite rows in several blocks among the finite ones.
+BLOCKED_SHAPES = [(30001, 3), (2731, 7), (5000, 1), (3, 2048), (3, 2049), (2, 5000)]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -112,6 +113,32 @@ def test_many_rows_and_long_rows_match_reference(device, dtype, shape):
         assert ref_value.isnan().sum().item() == len(bad_rows)
         assert_matches_reference(value, ref_value, scale=magnitude + mu * 8, terms=8)
         assert_matches_reference(weights, ref_weights, scale=1.0, terms=8 + m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_small_weights_are_relatively_accurate(device, dtype):
+    # The absolute tolerance above cannot see a weight of 1e-30 being wrong (an exp whose tail is 0, or mis-scaled
+    # in the subnormal range): compare every weight above the smallest normal number relatively. d = l_i - max
+    # reaches -95 mu here; the weight's relative error is then bounded by the rounding of d / mu (|d / mu| eps)
+    # plus a few roundings of the sum and the quotient.
+    mu = 0.1
+    spread = torch.linspace(0.0, -9.5, 41, dtype=torch.float64)
+    losses = torch.stack([spread, spread.flip(0) + 3.0, spread * 0.37]).to(dtype).to(device)
+    _, weights = mimo_ext.smooth_max(losses, mu)
+    _, ref = smooth_max_reference(losses, mu)
+    got = weights.to(torch.float64).cpu()
+    eps = torch.finfo(dtype).eps
+    d_over_mu = (losses - losses.max(-1, keepdim=True).values).abs().to(torch.float64).cpu() / mu
+    normal = ref > torch.finfo(dtype).tiny
+    if dtype == torch.float32:
+        assert ref[normal].min() < 1e-35  # down to float32's smallest normal numbers
+    else:
+        assert normal.all()
+    relative = ((got - ref).abs() / ref)[normal]
+    bound = ((d_over_mu + 8) * 2 * eps)[normal]
+    worst = (relative / bound).argmax()
+    message = f"relative error {relative[worst].item():.3e} where the bound is {bound[worst].item():.3e}"
+    assert (relative <= bound).all(), message
 
 
 def test_weights_sum_to_one(device):

@@ -92,9 +92,10 @@ void test_smooth_max() {
   at::manual_seed(0);
   for (const at::ScalarType dtype : dtypes) {
     const double rel = rel_tol(dtype);
-    // [2, 5, 4] with a non-contiguous view, a long row (warp path on CUDA), and a single loss; then rows over
-    // several of the CPU kernel's 2048-loss blocks, and rows longer than a block (their own scratch), so that the
-    // sanitizer build walks the kernel's scratch at its edges.
+    // [2, 5, 4] with a non-contiguous view, a long row (warp path on CUDA), and a single loss; then, for the CPU
+    // kernel's 2048-loss blocks, so that the sanitizer build walks its scratch to the edges: rows over several
+    // blocks (M = 3: 682 rows, 2046 losses a block), M = 1 (2048 rows a block: the per-row scratch full), a row of
+    // exactly a block, and rows longer than a block (a scratch of their own).
     std::vector<at::Tensor> inputs = {
         at::randn({2, 5, 4}, at::kDouble).to(dtype),
         at::randn({4, 5}, at::kDouble).to(dtype).t(),
@@ -102,6 +103,8 @@ void test_smooth_max() {
         at::randn({1}, at::kDouble).to(dtype),
         at::randn({64, 3}, at::kDouble).to(dtype),
         at::randn({5001, 3}, at::kDouble).to(dtype),
+        at::randn({5000, 1}, at::kDouble).to(dtype),
+        at::randn({3, 2048}, at::kDouble).to(dtype),
         at::randn({2, 2049}, at::kDouble).to(dtype),
     };
     for (const at::Tensor& losses : inputs) {
