@@ -208,14 +208,13 @@ MIMO_EXT_TARGET_AVX2 void step_chunks_avx2(const StepPointers<scalar_t, Update>&
 }
 
 template <typename scalar_t, int kStates, typename Update>
-auto step_chunks_for(CpuIsa isa) {
+auto step_chunks_for_cpu_isa() {
   // AVX2 at most: on the AMD EPYC development machine GCC 12's AVX-512 build of these loops was never faster than
   // the AVX2 build (one thread, 4M-16M elements: AdamW within 5%, SGD slower in repeated runs, on a machine whose
   // timings vary by +-30%), and it doubles the code. The blend (blend_cpu.cpp) gains from it in bfloat16.
-  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) {
-    return &step_chunks_avx2<scalar_t, kStates, Update>;
-  }
-  return &step_chunks_baseline<scalar_t, kStates, Update>;
+  constexpr auto baseline = &step_chunks_baseline<scalar_t, kStates, Update>;
+  constexpr auto avx2 = &step_chunks_avx2<scalar_t, kStates, Update>;
+  return pick_for_cpu_isa(baseline, avx2, avx2);
 }
 
 template <typename scalar_t, int kStates, typename Update>
@@ -249,7 +248,7 @@ void step_cpu_typed(const StepBuffers& b, const Update& update) {
       b.param.mutable_data_ptr<scalar_t>(),
       n,
       stats ? partials.data() : nullptr};
-  const auto chunk_fn = step_chunks_for<scalar_t, kStates, Update>(cpu_isa());
+  const auto chunk_fn = step_chunks_for_cpu_isa<scalar_t, kStates, Update>();
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     chunk_fn(pointers, chunk_begin, chunk_end);
   });

@@ -16,7 +16,6 @@
 // sum is formed once the max is known instead of being rescaled as it grows, and the exp is ours (<= 1 ulp).
 // float64 keeps std::exp (scalar: float64 losses are rare, and the polynomial would need twice the degree).
 #include "../op_entry.h"
-#include "../smooth_max_math.h"
 #include "cpu_isa.h"
 #include "exp_nonpositive.h"
 #include "half_convert.h"
