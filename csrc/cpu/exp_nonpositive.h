@@ -10,7 +10,7 @@
 // the baseline, AVX2 and AVX-512 loops give the same bits.
 #pragma once
 
-#include <bit>
+#include <c10/util/bit_cast.h>
 #include <cstdint>
 
 namespace mimo_ext::cpu {
@@ -37,7 +37,7 @@ inline float exp_nonpositive(float x) {
   const int32_t ni = static_cast<int32_t>(n);
   const bool subnormal_range = ni < -125;
   const int32_t e = subnormal_range ? ni + 100 : ni;
-  const float scale = std::bit_cast<float>(static_cast<int32_t>((e + 127) << 23));
+  const float scale = c10::bit_cast<float>(static_cast<int32_t>((e + 127) << 23));
   const float post = subnormal_range ? 0x1p-100f : 1.0f;
   return (exp_r * scale) * post;
 }

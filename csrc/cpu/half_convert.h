@@ -14,9 +14,9 @@
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/bit_cast.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <type_traits>
 
@@ -32,36 +32,36 @@ C10_ALWAYS_INLINE float half_bits_to_float(uint16_t h) {
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
   // Normal, Inf and NaN: re-bias the exponent by 0xE0 (so that 0x1F maps to 0xFF), then scale by 2^-112.
-  const float normalized = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * std::bit_cast<float>(15u << 23);
+  const float normalized = c10::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * c10::bit_cast<float>(15u << 23);
   // Zero and subnormal: the mantissa under exponent 126 is 0.5 + m * 2^-24; subtract the 0.5.
-  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const float denormalized = c10::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
   const uint32_t tiny = mask_if(two_w < (1u << 27));
-  return std::bit_cast<float>(sign | (std::bit_cast<uint32_t>(denormalized) & tiny) |
-                              (std::bit_cast<uint32_t>(normalized) & ~tiny));
+  return c10::bit_cast<float>(sign | (c10::bit_cast<uint32_t>(denormalized) & tiny) |
+                              (c10::bit_cast<uint32_t>(normalized) & ~tiny));
 }
 
 C10_ALWAYS_INLINE uint16_t float_to_half_bits(float f) {
-  const uint32_t w = std::bit_cast<uint32_t>(f);
+  const uint32_t w = c10::bit_cast<uint32_t>(f);
   const uint32_t shl1_w = w + w;
   const uint32_t sign = w & 0x80000000u;
   // |f| scaled up by 2^112 and down by 2^-110: overflows to Inf where the half would, keeps the rest exact.
-  float base = (std::bit_cast<float>(w & 0x7FFFFFFFu) * std::bit_cast<float>(239u << 23)) *
-               std::bit_cast<float>(17u << 23);
+  float base = (c10::bit_cast<float>(w & 0x7FFFFFFFu) * c10::bit_cast<float>(239u << 23)) *
+               c10::bit_cast<float>(17u << 23);
   // Adding 2^(e - 10) (at least 2^-14) rounds the mantissa to the half's precision, to nearest even.
   const uint32_t bias = std::max(shl1_w & 0xFF000000u, 0x71000000u);
-  base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  base = c10::bit_cast<float>((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = c10::bit_cast<uint32_t>(base);
   const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
   const uint32_t nan = mask_if(shl1_w > 0xFF000000u);
   return static_cast<uint16_t>((sign >> 16) | (0x7E00u & nan) | (nonsign & ~nan));
 }
 
 C10_ALWAYS_INLINE float bfloat16_bits_to_float(uint16_t b) {
-  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+  return c10::bit_cast<float>(static_cast<uint32_t>(b) << 16);
 }
 
 C10_ALWAYS_INLINE uint16_t float_to_bfloat16_bits(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint32_t u = c10::bit_cast<uint32_t>(f);
   const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;  // to nearest even
   const uint32_t nan = mask_if(f != f);
   return static_cast<uint16_t>((0x7FC0u & nan) | (rounded & ~nan));

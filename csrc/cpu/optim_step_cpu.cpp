@@ -268,7 +268,7 @@ void step_cpu_kernel(const StepBuffers& b, const Options& options) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.param.scalar_type(), "optim_step_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto update = make_update<acc_t>(options);
-    constexpr int kFew = std::remove_cvref_t<decltype(update)>::kStatesWithout;
+    constexpr int kFew = std::decay_t<decltype(update)>::kStatesWithout;
     if (static_cast<int>(b.states.size()) == kFew) {
       step_cpu_typed<scalar_t, kFew>(b, update);
     } else {

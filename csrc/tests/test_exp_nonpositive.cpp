@@ -4,7 +4,7 @@
 #include "../cpu/exp_nonpositive.h"
 #include "expect.h"
 
-#include <bit>
+#include <c10/util/bit_cast.h>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -44,9 +44,9 @@ void check_one(float x, Worst& worst) {
 
 void check_range() {
   Worst worst;
-  const uint32_t lowest = std::bit_cast<uint32_t>(-104.0f);
+  const uint32_t lowest = c10::bit_cast<uint32_t>(-104.0f);
   for (uint64_t u = 0x80000000u; u <= lowest; u += kStride) {
-    check_one(std::bit_cast<float>(static_cast<uint32_t>(u)), worst);
+    check_one(c10::bit_cast<float>(static_cast<uint32_t>(u)), worst);
   }
   // Near the ends of the reduction intervals (x = (n + 1/2) ln2) and of the normal range, where 2^n is split.
   for (int n = -150; n <= 0; ++n) {

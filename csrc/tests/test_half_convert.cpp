@@ -7,7 +7,7 @@
 #include "../cpu/half_convert.h"
 #include "expect.h"
 
-#include <bit>
+#include <c10/util/bit_cast.h>
 #include <cstdint>
 #include <vector>
 
@@ -42,12 +42,12 @@ void check_to_float() {
   uint32_t first_bf16 = 0;
   for (uint32_t h = 0; h <= 0xFFFFu; ++h) {
     const auto bits = static_cast<uint16_t>(h);
-    if (std::bit_cast<uint32_t>(half_bits_to_float(bits)) !=
-        std::bit_cast<uint32_t>(c10::detail::fp16_ieee_to_fp32_value(bits))) {
+    if (c10::bit_cast<uint32_t>(half_bits_to_float(bits)) !=
+        c10::bit_cast<uint32_t>(c10::detail::fp16_ieee_to_fp32_value(bits))) {
       first_half = half_bad++ == 0 ? h : first_half;
     }
-    if (std::bit_cast<uint32_t>(bfloat16_bits_to_float(bits)) !=
-        std::bit_cast<uint32_t>(static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits())))) {
+    if (c10::bit_cast<uint32_t>(bfloat16_bits_to_float(bits)) !=
+        c10::bit_cast<uint32_t>(static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits())))) {
       first_bf16 = bf16_bad++ == 0 ? h : first_bf16;
     }
   }
@@ -64,7 +64,7 @@ struct FromFloat {
   uint32_t first_bf16 = 0;
 
   void check(uint32_t u) {
-    const float f = std::bit_cast<float>(u);
+    const float f = c10::bit_cast<float>(u);
     ++checked;
     if (float_to_half_bits(f) != c10::detail::fp16_ieee_from_fp32_value(f)) {
       first_half = half_bad++ == 0 ? u : first_half;
