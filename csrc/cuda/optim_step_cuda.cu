@@ -21,7 +21,6 @@
 namespace mimo_ext {
 namespace {
 
-constexpr int kMaxStats = 2 * static_cast<int>(kMaxStepGrads);
 constexpr int kWarps = cuda::kThreadsPerBlock / 32;
 
 template <typename scalar_t>
@@ -40,41 +39,61 @@ struct StepScalars {
   const acc_t* found_inf;  // nullptr when not given
 };
 
+// A thread's statistics, kept in registers: every index is a compile-time constant once the loops over
+// k < kMaxK are unrolled (a runtime index would put the array in local memory, one read-modify-write per element
+// and gradient). kMaxK = 0: no statistics.
+template <typename acc_t, int kMaxK>
+struct ThreadStats {
+  acc_t sq[kMaxK > 0 ? kMaxK : 1];   // |g_k|^2
+  acc_t dot[kMaxK > 0 ? kMaxK : 1];  // <g_0, g_k> for k >= 1 (dot[0] unused)
+  acc_t blended;                     // |g|^2
+};
+
 // Blends and updates kWidth consecutive elements starting at element `first` (kWidth > 1: one aligned vector of
-// each buffer). Adds the element's contributions to the thread's statistics when kStats. kStates (the state
-// buffers in use) is a compile-time constant so that the loops over them unroll and stay in registers.
-template <int kWidth, bool kStats, int kStates, typename scalar_t, typename acc_t, typename Update>
+// each buffer). With statistics (kMaxK > 0, K <= kMaxK) adds the elements' contributions to them. kStates (the
+// state buffers in use) is a compile-time constant so that the loops over them unroll and stay in registers.
+template <int kWidth, int kMaxK, int kStates, typename scalar_t, typename acc_t, typename Update>
 __device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const acc_t* coefficients,
                                               const Update& update, const typename Update::PerStep& per_step,
-                                              int64_t first, acc_t* stats) {
+                                              int64_t first, ThreadStats<acc_t, kMaxK>& stats) {
   using VecT = cuda::Vec<scalar_t, kWidth>;
   acc_t g[kWidth];
-  acc_t g0[kWidth];
 #pragma unroll
   for (int j = 0; j < kWidth; ++j) {
     g[j] = acc_t(0);
   }
-  for (int k = 0; k < p.num_grads; ++k) {
-    const VecT gk = *reinterpret_cast<const VecT*>(p.grads[k] + first);
-    const acc_t c = coefficients[k];
+  if constexpr (kMaxK > 0) {
+    acc_t g0[kWidth];
 #pragma unroll
-    for (int j = 0; j < kWidth; ++j) {
-      g[j] = math::blend_accumulate(g[j], c, gk.val[j]);
-      if constexpr (kStats) {
-        const acc_t v = static_cast<acc_t>(gk.val[j]);
-        stats[k] += v * v;
-        if (k == 0) {
-          g0[j] = v;
-        } else {
-          stats[p.num_grads + k - 1] += g0[j] * v;
+    for (int k = 0; k < kMaxK; ++k) {
+      if (k < p.num_grads) {
+        const VecT gk = *reinterpret_cast<const VecT*>(p.grads[k] + first);
+        const acc_t c = coefficients[k];
+#pragma unroll
+        for (int j = 0; j < kWidth; ++j) {
+          g[j] = math::blend_accumulate(g[j], c, gk.val[j]);
+          const acc_t v = static_cast<acc_t>(gk.val[j]);
+          stats.sq[k] += v * v;
+          if (k == 0) {
+            g0[j] = v;
+          } else {
+            stats.dot[k] += g0[j] * v;
+          }
         }
       }
     }
-  }
-  if constexpr (kStats) {
 #pragma unroll
     for (int j = 0; j < kWidth; ++j) {
-      stats[2 * p.num_grads - 1] += g[j] * g[j];
+      stats.blended += g[j] * g[j];
+    }
+  } else {
+    for (int k = 0; k < p.num_grads; ++k) {
+      const VecT gk = *reinterpret_cast<const VecT*>(p.grads[k] + first);
+      const acc_t c = coefficients[k];
+#pragma unroll
+      for (int j = 0; j < kWidth; ++j) {
+        g[j] = math::blend_accumulate(g[j], c, gk.val[j]);
+      }
     }
   }
   VecT param = *reinterpret_cast<const VecT*>(p.param + first);
@@ -105,60 +124,82 @@ __device__ __forceinline__ void step_elements(const StepPtrs<scalar_t>& p, const
   }
 }
 
-template <typename scalar_t, typename acc_t, int kVec, bool kStats, int kStates, typename Update>
-__global__ void __launch_bounds__(cuda::kThreadsPerBlock)
-    step_kernel(StepPtrs<scalar_t> p, StepScalars<acc_t> scalars, Update update, int64_t n, acc_t* partials) {
+// Sums x over the block into warp_sums[.][slot] (warp shuffles, then one value per warp in shared memory).
+template <typename acc_t, int kSlots>
+__device__ __forceinline__ void warp_reduce_into(acc_t x, int slot, acc_t (&warp_sums)[kWarps][kSlots]) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    x += __shfl_down_sync(0xffffffffu, x, offset);
+  }
+  if (threadIdx.x % 32 == 0) {
+    warp_sums[threadIdx.x / 32][slot] = x;
+  }
+}
+
+// kMaxK > 0: statistics for up to kMaxK gradients, written per block into partials[block][2K] in the layout of
+// StepBuffers::stats. No __launch_bounds__: with it ptxas capped the registers of the K <= 16 statistics variants
+// below what they need and spilled them; the grid is sized from the occupancy the registers allow instead.
+// __grid_constant__: p.grads[k] indexed at run time reads the parameter space, not a local copy of it.
+template <typename scalar_t, typename acc_t, int kVec, int kMaxK, int kStates, typename Update>
+__global__ void step_kernel(const __grid_constant__ StepPtrs<scalar_t> p, StepScalars<acc_t> scalars, Update update,
+                            int64_t n, acc_t* partials) {
   if (scalars.found_inf != nullptr && *scalars.found_inf != acc_t(0)) {
     return;  // a skipped step writes nothing (the partials stay zero); uniform over the grid
   }
   const auto per_step = update.prepare(*scalars.lr, *scalars.step);
-  acc_t stats[kStats ? kMaxStats : 1];
-  if constexpr (kStats) {
-    for (int s = 0; s < 2 * p.num_grads; ++s) {
-      stats[s] = acc_t(0);
+  ThreadStats<acc_t, kMaxK> stats;
+  if constexpr (kMaxK > 0) {
+#pragma unroll
+    for (int k = 0; k < kMaxK; ++k) {
+      stats.sq[k] = acc_t(0);
+      stats.dot[k] = acc_t(0);
     }
+    stats.blended = acc_t(0);
   }
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t tid = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t n_vec = n / kVec;
   for (int64_t v = tid; v < n_vec; v += stride) {
-    step_elements<kVec, kStats, kStates>(p, scalars.coefficients, update, per_step, v * kVec, stats);
+    step_elements<kVec, kMaxK, kStates>(p, scalars.coefficients, update, per_step, v * kVec, stats);
   }
   // Tail: the last n % kVec elements, one per thread.
   const int64_t i = n_vec * kVec + tid;
   if (i < n) {
-    step_elements<1, kStats, kStates>(p, scalars.coefficients, update, per_step, i, stats);
+    step_elements<1, kMaxK, kStates>(p, scalars.coefficients, update, per_step, i, stats);
   }
-  if constexpr (kStats) {
-    __shared__ acc_t warp_sums[kWarps][kMaxStats];
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    for (int s = 0; s < 2 * p.num_grads; ++s) {
-      acc_t x = stats[s];
+  if constexpr (kMaxK > 0) {
+    __shared__ acc_t warp_sums[kWarps][2 * kMaxK];
+    const int k_count = p.num_grads;
 #pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) {
-        x += __shfl_down_sync(0xffffffffu, x, offset);
-      }
-      if (lane == 0) {
-        warp_sums[warp][s] = x;
+    for (int k = 0; k < kMaxK; ++k) {
+      if (k < k_count) {
+        warp_reduce_into(stats.sq[k], k, warp_sums);
+        if (k > 0) {
+          warp_reduce_into(stats.dot[k], k_count + k - 1, warp_sums);
+        }
       }
     }
+    warp_reduce_into(stats.blended, 2 * k_count - 1, warp_sums);
     __syncthreads();
-    if (threadIdx.x < 2 * p.num_grads) {
+    if (threadIdx.x < 2 * k_count) {
       acc_t total = 0;
       for (int w = 0; w < kWarps; ++w) {
         total += warp_sums[w][threadIdx.x];
       }
-      partials[int64_t{blockIdx.x} * 2 * p.num_grads + threadIdx.x] = total;
+      partials[int64_t{blockIdx.x} * 2 * k_count + threadIdx.x] = total;
     }
   }
 }
+
+// Statistics for K <= 4 (up to three modalities, the common case) with fewer registers than for K <= 16.
+constexpr int kFewGrads = 4;
 
 template <typename scalar_t, int kStates, typename Update>
 void step_cuda_typed(const StepBuffers& b, const Update& update) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVec = 16 / sizeof(scalar_t);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const c10::DeviceIndex device = b.param.device().index();
   const int64_t n = b.param.numel();
 
   StepPtrs<scalar_t> p{};
@@ -178,30 +219,41 @@ void step_cuda_typed(const StepBuffers& b, const Update& update) {
                                    b.step.const_data_ptr<float>(),
                                    b.found_inf.defined() ? b.found_inf.const_data_ptr<acc_t>() : nullptr};
   const int64_t units = aligned ? n / kVec + kVec : n;  // + kVec: threads for the tail
-  const int64_t blocks = cuda::grid_for(units);
 
-  const auto launch = [&](auto vec_width, auto with_stats, acc_t* partials) {
+  // Launches the variant for (vector width, statistics bound); with statistics, the per-block partials are
+  // summed afterwards in a fixed order into the caller's stats tensor.
+  const auto launch = [&](auto vec_width, auto max_k) {
     constexpr int kWidth = decltype(vec_width)::value;
-    constexpr bool kStats = decltype(with_stats)::value;
-    step_kernel<scalar_t, acc_t, kWidth, kStats, kStates><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
-        p, scalars, update, n, partials);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if (b.stats.defined()) {
-    at::Tensor partials = at::zeros({blocks, 2 * p.num_grads}, b.stats.options());
-    acc_t* ptr = partials.mutable_data_ptr<acc_t>();
-    if (aligned) {
-      launch(std::integral_constant<int, kVec>{}, std::true_type{}, ptr);
-    } else {
-      launch(std::integral_constant<int, 1>{}, std::true_type{}, ptr);
+    constexpr int kMaxK = decltype(max_k)::value;
+    constexpr auto kernel = &step_kernel<scalar_t, acc_t, kWidth, kMaxK, kStates, Update>;
+    const int64_t blocks = cuda::grid_for<kernel>(units, device);
+    at::Tensor partials;
+    acc_t* partials_ptr = nullptr;
+    if constexpr (kMaxK > 0) {
+      partials = at::zeros({blocks, 2 * p.num_grads}, b.stats.options());
+      partials_ptr = partials.mutable_data_ptr<acc_t>();
     }
-    at::Tensor stats = b.stats;  // shares storage: the caller's tensor receives the sum
-    const int64_t dims[] = {0};
-    at::sum_out(stats, partials, at::OptionalIntArrayRef(dims));
-  } else if (aligned) {
-    launch(std::integral_constant<int, kVec>{}, std::false_type{}, nullptr);
+    kernel<<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(p, scalars, update, n, partials_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if constexpr (kMaxK > 0) {
+      at::Tensor stats = b.stats;  // shares storage: the caller's tensor receives the sum
+      const int64_t dims[] = {0};
+      at::sum_out(stats, partials, at::OptionalIntArrayRef(dims));
+    }
+  };
+  const auto with_width = [&](auto max_k) {
+    if (aligned) {
+      launch(std::integral_constant<int, kVec>{}, max_k);
+    } else {
+      launch(std::integral_constant<int, 1>{}, max_k);
+    }
+  };
+  if (!b.stats.defined()) {
+    with_width(std::integral_constant<int, 0>{});
+  } else if (p.num_grads <= kFewGrads) {
+    with_width(std::integral_constant<int, kFewGrads>{});
   } else {
-    launch(std::integral_constant<int, 1>{}, std::false_type{}, nullptr);
+    with_width(std::integral_constant<int, static_cast<int>(kMaxStepGrads)>{});
   }
 }
 

@@ -61,12 +61,13 @@ void smooth_max_cuda_kernel(const at::Tensor& losses, double mu, const at::Tenso
     const scalar_t* l = losses.const_data_ptr<scalar_t>();
     scalar_t* v = value.mutable_data_ptr<scalar_t>();
     scalar_t* w = weights.mutable_data_ptr<scalar_t>();
+    const c10::DeviceIndex device = losses.device().index();
     if (m > kLongRow) {
-      smooth_max_warp_per_row<scalar_t, acc_t>
-          <<<cuda::grid_for(rows * kWarp), cuda::kThreadsPerBlock, 0, stream>>>(l, rows, m, t, v, w);
+      constexpr auto kernel = &smooth_max_warp_per_row<scalar_t, acc_t>;
+      kernel<<<cuda::grid_for<kernel>(rows * kWarp, device), cuda::kThreadsPerBlock, 0, stream>>>(l, rows, m, t, v, w);
     } else {
-      smooth_max_thread_per_row<scalar_t, acc_t>
-          <<<cuda::grid_for(rows), cuda::kThreadsPerBlock, 0, stream>>>(l, rows, m, t, v, w);
+      constexpr auto kernel = &smooth_max_thread_per_row<scalar_t, acc_t>;
+      kernel<<<cuda::grid_for<kernel>(rows, device), cuda::kThreadsPerBlock, 0, stream>>>(l, rows, m, t, v, w);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
