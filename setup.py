@@ -86,6 +86,8 @@ def write_build_info(with_cuda: bool, arch_list: str | None) -> None:
     )
 
 
+# No -std flag: torch picks the standard its headers need (C++17 before 2.12, C++20 from 2.12 on), and the
+# sources are C++17 so that both build (.ci/check_cxx17.py keeps them so).
 def make_extension():
     sources = read_sources()
     with_cuda, reason = decide_cuda()
