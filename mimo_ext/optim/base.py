@@ -63,6 +63,14 @@ class _PendingObjectives:
     loss_scale: torch.Tensor | None  # the GradScaler scale the losses were multiplied by
 
 
+class _HostState:
+    """The host bookkeeping that zero_grad / backward / step rewrite (see MIMOOptimizer._host)."""
+
+    def __init__(self) -> None:
+        self.pending: _PendingObjectives | None = None
+        self.last_diagnostics: StepDiagnostics | None = None
+
+
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -98,13 +106,31 @@ class MIMOOptimizer(torch.optim.Optimizer):
         # Distributed: resolved once (see mimo_ext.distributed); None when there is nothing to reduce.
         self._dist_group = resolve_group(sync, process_group)
         self._buckets: list[list[FlatBucket]] = []
-        self._pending: _PendingObjectives | None = None
+        # Written by zero_grad / backward / step, so on an object of its own: torch < 2.12's dynamo cannot trace a
+        # setattr on the optimizer itself (AssertionError "... does not have an AttributeMutation mutation_type").
+        self._host = _HostState()
         self._lr_tensors: dict[int, tuple[float, torch.Tensor]] = {}
         self.diagnostics = bool(diagnostics)
-        self.last_diagnostics: StepDiagnostics | None = None
         defaults.setdefault("gamma", 1.0)
         defaults.setdefault("mu", DEFAULT_MU)
         super().__init__(params, defaults)
+
+    @property
+    def last_diagnostics(self) -> StepDiagnostics | None:
+        """The :class:`StepDiagnostics` of the last step (None without ``diagnostics=True``)."""
+        return self._host.last_diagnostics
+
+    @last_diagnostics.setter
+    def last_diagnostics(self, value: StepDiagnostics | None) -> None:
+        self._host.last_diagnostics = value
+
+    @property
+    def _pending(self) -> _PendingObjectives | None:
+        return self._host.pending
+
+    @_pending.setter
+    def _pending(self, value: _PendingObjectives | None) -> None:
+        self._host.pending = value
 
     # ---- subclass interface
 
@@ -213,7 +239,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 if len(stepped) != len(bucket.params):
                     raise ValueError("state_dict does not match this optimizer's parameters (step flags differ)")
                 bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
-        self._pending = None
+        self._host.pending = None
 
     def _checked_for_loading(self, state_dict: dict) -> dict:
         """Validates a state_dict against this optimizer before anything is loaded, and returns it with the MIMO
@@ -289,7 +315,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
                         else:
                             p.grad.zero_()
                 bucket.touched = [False] * len(bucket.params)
-        self._pending = None
+        self._host.pending = None
 
     # ---- the per-objective path
 
@@ -353,7 +379,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
             if scale is not None:
                 self._flag_non_finite(b, len(objectives), uni_values)
-        self._pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
+        self._host.pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
 
     def _check_parameters(self) -> None:
         """Raises ValueError when a parameter's ``.data`` no longer views the flat buffer (see FlatBucket)."""
@@ -412,7 +438,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if not isinstance(found_inf, torch.Tensor):
             found_inf = None  # GradScaler passes 0 when no .grad was there to check
-        pending, self._pending = self._pending, None
+        pending, self._host.pending = self._host.pending, None
         stats_sum: torch.Tensor | None = None
         weights_report: torch.Tensor | None = None
         for group, buckets in zip(self.param_groups, self._buckets, strict=True):
@@ -429,7 +455,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
                         # non_blocking only towards a GPU: a GPU-to-CPU copy would be read before it landed.
                         to = stats_sum.device
                         stats_sum = stats_sum + stats.to(to, non_blocking=to.type == "cuda")
-        self.last_diagnostics = _diagnostics(stats_sum, weights_report) if stats_sum is not None else None
+        self._host.last_diagnostics = _diagnostics(stats_sum, weights_report) if stats_sum is not None else None
         return loss
 
     def _weights(self, group: dict, pending: _PendingObjectives) -> torch.Tensor:
