@@ -26,7 +26,9 @@ _COMMON = dict(
     database=None,
     print_blob=True,
     # The strategies draw sizes and a seed, and the tensors come from a torch.Generator: large draws are expected.
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # The properties take conftest's `device` fixture: a device name, the same for every example of a test, so
+    # hypothesis's warning about function-scoped fixtures (state not reset between examples) does not apply.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, **_COMMON)
 settings.register_profile("nightly", max_examples=NIGHTLY_EXAMPLES, derandomize=False, **_COMMON)

@@ -1,5 +1,7 @@
 """Regression tests for what fuzzing the argument checks found (SANITIZERS.md, "Findings"), each with the
-fuzzer's reproducer, so that a fix stays fixed."""
+fuzzer's reproducer, so that a fix stays fixed. The fuzzer ran on the CPU, but every finding is about the meaning of
+a call (argument checks, NaN and Inf propagation, a skipped step), which is the same on every device: each test runs
+on every device (conftest's `device` fixture)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ ops = torch.ops.mimo_ext
 
 
 def sgd(param, buf, grads, coefficients, lr, step, momentum=0.0):
+    # Every tensor on param's device (the reproducers are written with CPU tensors).
+    d = param.device
+    buf, grads, coefficients, lr, step = buf.to(d), [g.to(d) for g in grads], coefficients.to(d), lr.to(d), step.to(d)
     return ops.sgd_step_(param, buf, grads, coefficients, lr, step, None, None, 0.0, momentum, 0.0, False, False, False)
 
 
 @pytest.mark.parametrize("alias", ["coefficients", "lr", "step"])
-def test_a_per_step_tensor_sharing_memory_with_param_is_refused(alias):
+def test_a_per_step_tensor_sharing_memory_with_param_is_refused(device, alias):
     # The kernel re-read coefficients in every block while writing param: p[0] got one update, p[1024:] another.
-    p = torch.ones(4096)
+    p = torch.ones(4096, device=device)
     args = {"coefficients": torch.ones(1), "lr": torch.tensor(0.5), "step": torch.tensor(0.0)}
+    args = {name: t.to(device) for name, t in args.items()}
     args[alias] = p[:1] if alias == "coefficients" else p[7:8].view(())
     before = p.clone()
     with pytest.raises(ValueError, match=f"{alias} overlaps param, which is written in place"):
@@ -30,16 +36,16 @@ def test_a_per_step_tensor_sharing_memory_with_param_is_refused(alias):
     assert torch.equal(p, before)
 
 
-def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused():
-    p, buf = torch.ones(64), torch.zeros(64)
+def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused(device):
+    p, buf = torch.ones(64, device=device), torch.zeros(64, device=device)
     with pytest.raises(ValueError, match="found_inf overlaps momentum_buffer"):
         ops.sgd_step_(
             p,
             buf,
-            [torch.ones(64)],
-            torch.ones(1),
-            torch.tensor(0.1),
-            torch.tensor(0.0),
+            [torch.ones(64, device=device)],
+            torch.ones(1, device=device),
+            torch.tensor(0.1, device=device),
+            torch.tensor(0.0, device=device),
             None,
             buf[3:4],
             0.0,
@@ -50,13 +56,13 @@ def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused():
             False,
         )
     with pytest.raises(ValueError, match="grads\\[0\\] overlaps step"):
-        g = torch.ones(64)
+        g = torch.ones(64, device=device)
         ops.sgd_step_(
             p,
             buf,
             [g],
-            torch.ones(1),
-            torch.tensor(0.1),
+            torch.ones(1, device=device),
+            torch.tensor(0.1, device=device),
             g[5:6].view(()),
             None,
             None,
@@ -69,19 +75,20 @@ def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused():
         )
 
 
-def test_blend_in_place_refuses_weights_inside_base():
-    base = torch.ones(8)
+def test_blend_in_place_refuses_weights_inside_base(device):
+    base = torch.ones(8, device=device)
     before = base.clone()
     with pytest.raises(ValueError, match="weights overlaps base"):
-        mimo_ext.blend_(base, [torch.ones(8)], base[2:3], 1.0)
+        mimo_ext.blend_(base, [torch.ones(8, device=device)], base[2:3], 1.0)
     assert torch.equal(base, before)
 
 
-def test_sgd_first_step_never_reads_the_momentum_buffer():
+def test_sgd_first_step_never_reads_the_momentum_buffer(device):
     # 0 * Inf was NaN: torch.optim.SGD sets the buffer to g on its first step, whatever it held.
-    param, buf = torch.tensor([1.0, 2.0]), torch.tensor([math.inf, math.nan])
+    param, buf = torch.tensor([1.0, 2.0], device=device), torch.tensor([math.inf, math.nan], device=device)
     grad = torch.tensor([0.5, -0.25])
     sgd(param, buf, [grad], torch.ones(1), torch.tensor(0.1), torch.tensor(0.0), momentum=0.9)
+    param, buf = param.cpu(), buf.cpu()
     expected_param, expected_buf = torch.tensor([1.0, 2.0]), torch.tensor([math.inf, math.nan])
     sgd_step_reference(
         expected_param,
@@ -103,19 +110,19 @@ def test_sgd_first_step_never_reads_the_momentum_buffer():
     assert torch.equal(buf, grad) and torch.equal(expected_buf, grad)
 
 
-def test_amsgrad_keeps_a_nan_in_the_running_maximum():
+def test_amsgrad_keeps_a_nan_in_the_running_maximum(device):
     # As torch.maximum does (torch.optim.AdamW): a > b ? a : b alone replaced the NaN.
-    p, m, v = torch.ones(3), torch.zeros(3), torch.zeros(3)
-    vmax = torch.tensor([math.nan, 0.0, 0.0])
+    p, m, v = torch.ones(3, device=device), torch.zeros(3, device=device), torch.zeros(3, device=device)
+    vmax = torch.tensor([math.nan, 0.0, 0.0], device=device)
     ops.adamw_step_(
         p,
         m,
         v,
         vmax,
-        [torch.ones(3)],
-        torch.ones(1),
-        torch.tensor(1e-3),
-        torch.tensor(0.0),
+        [torch.ones(3, device=device)],
+        torch.ones(1, device=device),
+        torch.tensor(1e-3, device=device),
+        torch.tensor(0.0, device=device),
         None,
         None,
         0.9,
@@ -130,40 +137,41 @@ def test_amsgrad_keeps_a_nan_in_the_running_maximum():
     assert torch.isfinite(vmax[1:]).all() and torch.isfinite(p[1:]).all()
 
 
-def test_smooth_max_backward_refuses_non_float_tensors():
+def test_smooth_max_backward_refuses_non_float_tensors(device):
     with pytest.raises(TypeError, match="smooth_max_backward: weights must be float32"):
-        ops.smooth_max_backward(torch.zeros(1), torch.zeros(1, 3, dtype=torch.int64))
+        ops.smooth_max_backward(torch.zeros(1, device=device), torch.zeros(1, 3, dtype=torch.int64, device=device))
     with pytest.raises(TypeError, match="smooth_max_backward: grad_value must be float32"):
-        ops.smooth_max_backward(torch.zeros(1, dtype=torch.int32), torch.zeros(1, 3))
+        ops.smooth_max_backward(torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, 3, device=device))
 
 
 @pytest.mark.parametrize(
     ("call", "name"),
     [
-        (lambda: mimo_ext.smooth_max(None, 1.0), "losses"),
-        (lambda: mimo_ext.blend(None, [torch.ones(2)], torch.ones(1), 1.0), "base"),
-        (lambda: mimo_ext.blend(torch.ones(2), [torch.ones(2)], None, 1.0), "weights"),
-        (lambda: mimo_ext.blend_(torch.ones(2), [torch.ones(2)], 0.5, 1.0), "weights"),
+        (lambda d: mimo_ext.smooth_max(None, 1.0), "losses"),
+        (lambda d: mimo_ext.blend(None, [torch.ones(2, device=d)], torch.ones(1, device=d), 1.0), "base"),
+        (lambda d: mimo_ext.blend(torch.ones(2, device=d), [torch.ones(2, device=d)], None, 1.0), "weights"),
+        (lambda d: mimo_ext.blend_(torch.ones(2, device=d), [torch.ones(2, device=d)], 0.5, 1.0), "weights"),
     ],
+    ids=["smooth_max-losses", "blend-base", "blend-weights", "blend_-weights"],
 )
-def test_the_wrappers_name_a_missing_tensor(call, name):
+def test_the_wrappers_name_a_missing_tensor(device, call, name):
     with pytest.raises(TypeError, match=f"{name} must be a tensor, got"):
-        call()
+        call(device)
 
 
 @pytest.mark.parametrize("grad_scale", [0.0, 1e-30])
-def test_a_skipped_step_returns_zero_statistics_whatever_the_grad_scale(grad_scale):
+def test_a_skipped_step_returns_zero_statistics_whatever_the_grad_scale(device, grad_scale):
     # 1 / grad_scale^2 is Inf in float32 here; the zeros of a skipped step were multiplied by it (NaN).
-    param = torch.ones(4)
+    param = torch.ones(4, device=device)
     stats = ops.sgd_step_(
         param,
-        torch.zeros(4),
-        [torch.ones(4)],
-        torch.ones(1),
-        torch.tensor(0.1),
-        torch.tensor(1.0),
-        torch.tensor(grad_scale),
-        torch.tensor([1.0]),
+        torch.zeros(4, device=device),
+        [torch.ones(4, device=device)],
+        torch.ones(1, device=device),
+        torch.tensor(0.1, device=device),
+        torch.tensor(1.0, device=device),
+        torch.tensor(grad_scale, device=device),
+        torch.tensor([1.0], device=device),
         0.0,
         0.0,
         0.0,
@@ -171,7 +179,7 @@ def test_a_skipped_step_returns_zero_statistics_whatever_the_grad_scale(grad_sca
         False,
         True,
     )
-    assert torch.equal(stats, torch.zeros(2)) and torch.equal(param, torch.ones(4))
+    assert torch.equal(stats.cpu(), torch.zeros(2)) and torch.equal(param.cpu(), torch.ones(4))
 
 
 @pytest.mark.parametrize("op", ["sgd", "adamw"])
@@ -193,12 +201,43 @@ def test_a_nonzero_found_inf_below_the_math_dtype_skips_the_step(device, op, fou
     before = [t.clone() for t in [param, *states]]
     t = tensors
     if op == "sgd":
-        stats = ops.sgd_step_(param, states[0], grads, t["coefficients"], t["lr"], t["step"], t["grad_scale"],
-                              t["found_inf"], 0.0, 0.0, 0.0, False, True, True)
+        stats = ops.sgd_step_(
+            param,
+            states[0],
+            grads,
+            t["coefficients"],
+            t["lr"],
+            t["step"],
+            t["grad_scale"],
+            t["found_inf"],
+            0.0,
+            0.0,
+            0.0,
+            False,
+            True,
+            True,
+        )
     else:
-        stats = ops.adamw_step_(param, states[0], states[1], states[2], grads, t["coefficients"], t["lr"], t["step"],
-                                t["grad_scale"], t["found_inf"], 0.9, 0.999, 1e-8, 0.01, True, True, True)
-    for got, want in zip([param, *states], before):
+        stats = ops.adamw_step_(
+            param,
+            states[0],
+            states[1],
+            states[2],
+            grads,
+            t["coefficients"],
+            t["lr"],
+            t["step"],
+            t["grad_scale"],
+            t["found_inf"],
+            0.9,
+            0.999,
+            1e-8,
+            0.01,
+            True,
+            True,
+            True,
+        )
+    for got, want in zip([param, *states], before, strict=True):
         assert torch.equal(got, want)
     assert t["step"].item() == 0.0
     assert torch.equal(stats.cpu(), torch.zeros(2))
@@ -217,12 +256,20 @@ def step_call(op: str, device: str, **replace):
         found_inf=None,
     )
     if op == "sgd_step_":
-        args.update(momentum_buffer=torch.zeros(n, device=device), weight_decay=0.0, momentum=0.9, dampening=0.0,
-                    nesterov=False)
+        args.update(
+            momentum_buffer=torch.zeros(n, device=device), weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False
+        )
     else:
-        args.update(exp_avg=torch.zeros(n, device=device), exp_avg_sq=torch.zeros(n, device=device),
-                    max_exp_avg_sq=torch.zeros(n, device=device), beta1=0.9, beta2=0.999, eps=1e-8,
-                    weight_decay=0.0, amsgrad=True)
+        args.update(
+            exp_avg=torch.zeros(n, device=device),
+            exp_avg_sq=torch.zeros(n, device=device),
+            max_exp_avg_sq=torch.zeros(n, device=device),
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            amsgrad=True,
+        )
     args.update(maximize=False, compute_stats=False)
     args.update(replace)
     return getattr(ops, op).default, args
@@ -252,8 +299,10 @@ def test_none_for_a_tensor_is_refused_by_name_through_torch_ops(device, where, o
         call("meta" if where == "meta" else device)
 
 
-WRITTEN = {"sgd_step_": ["param", "momentum_buffer", "step"],
-           "adamw_step_": ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"]}
+WRITTEN = {
+    "sgd_step_": ["param", "momentum_buffer", "step"],
+    "adamw_step_": ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"],
+}
 
 
 @pytest.mark.parametrize(("op", "name"), [(o, n) for o, names in WRITTEN.items() for n in names])

@@ -1,6 +1,7 @@
-"""found_inf skips every write (set by hand and through torch.amp.GradScaler on the CPU), a scaled run equals an
-unscaled one, a non-finite gradient (also only in a uni-modal objective's) skips the step and backs the scale off;
-and a checkpoint taken through torch.save resumes training bit-identically."""
+"""found_inf skips every write (set by hand and through torch.amp.GradScaler, on every device: GradScaler("cpu") on
+the CPU, GradScaler("cuda") on CUDA), a scaled run equals an unscaled one, a non-finite gradient (also only in a
+uni-modal objective's) skips the step and backs the scale off; and a checkpoint taken through torch.save resumes
+training bit-identically."""
 
 from __future__ import annotations
 
@@ -76,19 +77,19 @@ def test_found_inf_set_by_hand_skips_every_write(device, name, path):
     assert all(changed[:1]) and sum(changed) > len(changed) // 2
 
 
-# ---- GradScaler on the CPU
+# ---- GradScaler on the test's device
 
 
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["step", "unscale-then-step"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_grad_scaler_run_equals_unscaled_run(name, path, unscale_first):
+def test_grad_scaler_run_equals_unscaled_run(device, name, path, unscale_first):
     # Power-of-two scales: scaling and unscaling are exact, so the runs agree bit for bit (diagnostics included).
-    model_a = make_model()
+    model_a = make_model(device=device)
     model_b = clone_model(model_a)
     opt_a = OPTIMIZERS[name](model_a.parameters(), diagnostics=True)
     opt_b = OPTIMIZERS[name](model_b.parameters(), diagnostics=True)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**12, growth_interval=2)
     scales = []
     for step in range(5):
         train_step(model_a, opt_a, step, path)
@@ -110,13 +111,13 @@ def test_grad_scaler_run_equals_unscaled_run(name, path, unscale_first):
 @pytest.mark.parametrize("cause", ["overflow", "inf-input"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_non_finite_gradient_skips_the_step_and_backs_off(name, path, cause):
-    model = make_model()
+def test_non_finite_gradient_skips_the_step_and_backs_off(device, name, path, cause):
+    model = make_model(device=device)
     opt = OPTIMIZERS[name](model.parameters())
     train_step(model, opt, 0, path)
     before = snapshot(opt)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    inputs, labels = make_batch(1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
+    inputs, labels = make_batch(1, device=device)
     if cause == "inf-input":
         inputs[0][0, 0] = float("inf")
     opt.zero_grad()
@@ -137,15 +138,15 @@ def test_non_finite_gradient_skips_the_step_and_backs_off(name, path, cause):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_inf_only_in_a_unimodal_gradient_skips_the_step(name):
+def test_inf_only_in_a_unimodal_gradient_skips_the_step(device, name):
     # Per-objective path: f_1's gradient overflows once scaled, f0's does not; GradScaler only looks at .grad (g0),
     # yet the step must be skipped and the scale lowered.
-    model = make_model()
+    model = make_model(device=device)
     opt = OPTIMIZERS[name](model.parameters())
     train_step(model, opt, 0, "objectives")
     before = snapshot(opt)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    inputs, labels = make_batch(1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
+    inputs, labels = make_batch(1, device=device)
     opt.zero_grad()
     f0, fs = objectives(model, inputs, labels)
     big = model.uni_heads[1].bias.sum() * 1e36  # gradient 1e36 * 2^16: inf in float32; value unchanged
@@ -206,8 +207,8 @@ def test_checkpoint_resume_is_bit_identical(device, name, path):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_state_dict_round_trip_keeps_step_and_hyperparameters(name):
-    model = make_model()
+def test_state_dict_round_trip_keeps_step_and_hyperparameters(device, name):
+    model = make_model(device=device)
     opt = OPTIMIZERS[name](model.parameters(), gamma=0.5, mu=0.3)
     for step in range(2):
         train_step(model, opt, step, "objectives", gamma=0.5, mu=0.3)

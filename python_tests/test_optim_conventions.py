@@ -11,6 +11,7 @@ import torch
 from optim_helpers import (
     assert_bit_identical,
     clone_model,
+    linear_objective,
     make_batch,
     make_model,
     objectives,
@@ -18,6 +19,7 @@ from optim_helpers import (
     threads,
     train_step,
 )
+from reference import assert_matches_reference, smooth_max_reference
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
@@ -328,9 +330,8 @@ def test_backward_rejects_bad_losses(build, error, match):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_cuda_graph_capture_of_step_matches_eager(device, name):
-    if device != "cuda":
-        pytest.skip("CUDA graph capture needs a CUDA device")
+def test_cuda_graph_capture_of_step_matches_eager(cuda_device, name):
+    device = cuda_device
     cls = MIMOSGD if name == "sgd" else MIMOAdamW
     kw = {"momentum": 0.9, "weight_decay": 0.01} if name == "sgd" else {"weight_decay": 0.05, "amsgrad": True}
     model_g = make_model(device=device)
@@ -373,6 +374,88 @@ def test_cuda_graph_capture_of_step_matches_eager(device, name):
     torch.cuda.synchronize()
     assert_bit_identical(snapshot(opt_e), snapshot(opt_g))
     assert opt_g.state[next(model_g.parameters())]["step"].item() == 6
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_cuda_graph_capture_of_a_per_objective_training_step(cuda_device, name):
+    # The whole per-objective step in one graph: zero_grad, the K = 3 backward passes (opt.backward), and opt.step()
+    # with lr, gamma and mu as device tensors and diagnostics on (the MIMO weights come from smooth_max on the
+    # device, the coefficients and the blend inside the fused step). The objectives are linear, with prescribed
+    # gradients and loss values held in static tensors; each replay gets new ones, and an eager twin fed the same
+    # values must end bit-identical (parameters, state, step count, diagnostics) after every replay.
+    device = cuda_device
+    cls = MIMOSGD if name == "sgd" else MIMOAdamW
+    kw = {"momentum": 0.9, "weight_decay": 0.01} if name == "sgd" else {"weight_decay": 0.05, "amsgrad": True}
+    shapes = [(7, 5), (7,), (3, 7), (3,)]
+    init = [
+        torch.randn(s, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i, s in enumerate(shapes)
+    ]
+
+    def build():
+        params = [torch.nn.Parameter(p.float().to(device)) for p in init]
+        hyper = {
+            "lr": torch.tensor(0.01, device=device),
+            "gamma": torch.tensor(0.8, device=device),
+            "mu": torch.tensor(0.3, device=device),
+        }
+        return params, hyper, cls(params, diagnostics=True, **hyper, **kw)
+
+    params_g, hyper_g, opt_g = build()
+    params_e, hyper_e, opt_e = build()
+    k = 3
+    static_grads = [[torch.zeros(s, device=device) for s in shapes] for _ in range(k)]
+    static_losses = torch.zeros(k, device=device)  # [1, f_1, f_2]: the value of each objective
+
+    def data(step):
+        generator = torch.Generator().manual_seed(1000 + step)
+        grads = [[torch.randn(s, generator=generator).to(device) for s in shapes] for _ in range(k)]
+        losses = torch.cat([torch.ones(1), 0.2 + 2 * torch.rand(k - 1, generator=generator)]).to(device)
+        return grads, losses
+
+    def training_step(opt, params, grads, losses):
+        opt.zero_grad()
+        f = [linear_objective(params, grads[j], losses[j]) for j in range(k)]
+        opt.backward(f[0], f[1:])
+        opt.step()
+        d = opt.last_diagnostics
+        return [d.weights, d.grad_norms, d.cosines, d.grad_norm]
+
+    def load(step):
+        grads, losses = data(step)
+        for static, new in zip(static_grads, grads, strict=True):
+            for a, b in zip(static, new, strict=True):
+                a.copy_(b)
+        static_losses.copy_(losses)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for step in range(3):
+            load(step)
+            training_step(opt_g, params_g, static_grads, static_losses)
+    torch.cuda.current_stream().wait_stream(side)
+    for step in range(3):
+        training_step(opt_e, params_e, *data(step))
+    torch.cuda.synchronize()
+    assert_bit_identical(snapshot(opt_e), snapshot(opt_g))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = training_step(opt_g, params_g, static_grads, static_losses)
+    for step in range(3, 8):
+        if step == 5:  # new hyperparameters, through the captured tensors
+            for hyper in (hyper_g, hyper_e):
+                hyper["lr"].fill_(0.003)
+                hyper["gamma"].fill_(1.5)
+                hyper["mu"].fill_(0.05)
+        load(step)
+        graph.replay()
+        eager = training_step(opt_e, params_e, *data(step))
+        torch.cuda.synchronize()
+        assert_bit_identical(snapshot(opt_e), snapshot(opt_g))
+        assert_bit_identical(eager, captured)
+        _, expected_weights = smooth_max_reference(static_losses[1:], hyper_g["mu"].item())
+        assert_matches_reference(captured[0], expected_weights, scale=1.0, terms=8 + k - 1)
+    assert opt_g.state[params_g[0]]["step"].item() == 8
 
 
 @pytest.mark.parametrize("name, path", [("sgd", "single"), ("adamw", "objectives")])

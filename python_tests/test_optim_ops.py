@@ -4,6 +4,8 @@ errors of bad input (raised before anything is written)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from optim_helpers import (
@@ -401,4 +403,223 @@ def test_tensor_on_another_device_is_rejected(device, algorithm, name):
     before = [t.clone() for t in call.tensors()]
     with pytest.raises(ValueError, match="must be on the device of param"):
         op(*build(call, **{name: moved}))
+    assert_bit_identical(before, call.tensors())
+
+
+# ---- alignment: buffers that start 1..3 elements into their storage take the element-wise path
+
+
+def realigned(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of the 1-D ``t`` in a view starting ``offset`` elements into a fresh (16-byte aligned) buffer."""
+    storage = torch.empty(t.numel() + offset + 3, dtype=t.dtype, device=t.device)
+    view = storage[offset : offset + t.numel()]
+    view.copy_(t)
+    return view
+
+
+def with_offsets(call: Call, param: int, states: list[int], grads: list[int]) -> Call:
+    """``call`` with param, each state and each gradient buffer moved to views at these element offsets."""
+    call.param = realigned(call.param, param)
+    call.states = [realigned(s, o) for s, o in zip(call.states, states, strict=True)]
+    call.grads = [realigned(g, o) for g, o in zip(call.grads, grads, strict=True)]
+    return call
+
+
+# Element offsets of (param, states, grads), K = 3, per pattern, for an offset o in 1..3.
+STEP_ALIGNMENT_PATTERNS = {
+    "all": lambda o, s: (o, [o] * s, [o, o, o]),
+    "param-only": lambda o, s: (o, [0] * s, [0, 0, 0]),
+    "one-grad": lambda o, s: (0, [0] * s, [0, o, 0]),
+    "last-state": lambda o, s: (0, [0] * (s - 1) + [o], [0, 0, 0]),
+    "mixed": lambda o, s: (0, [(o + j) % 4 for j in range(s)], [o, 0, (o % 3) + 1]),
+}
+
+
+def check_step_against_reference(call: Call, op, reference, algorithm, hyper, step, n):
+    """Runs ``call`` through ``op`` and its clones through the reference (in the storage dtype and in float64), and
+    compares parameter, used states, step count and statistics (the rules of test_op_matches_reference)."""
+    k = len(call.grads)
+    grads_before = [g.clone() for g in call.grads]
+    ref, truth = call.clone(device="cpu"), call.clone(dtype=torch.float64, device="cpu")
+    stats = call.run(op)
+    ref.run(reference)
+    truth_stats = truth.run(reference)
+    acc = torch.float64 if call.param.dtype == torch.float64 else torch.float32
+    assert stats.dtype == acc and stats.shape == (2 * k,) and stats.device == call.param.device
+    assert call.step.item() == step + 1
+    assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
+    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+    for s in used_states(algorithm, hyper):
+        assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"state {s}")
+    tolerance = stats_tolerance(truth, n) * acc_eps(call.param.dtype)
+    assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all(), (stats, truth_stats, tolerance)
+
+
+STEP_CASES = [
+    pytest.param("sgd", SGD_OPTIONS["momentum-dampening-wd-maximize"], id="sgd"),
+    pytest.param("adamw", ADAMW_OPTIONS["amsgrad-maximize"], id="adamw-amsgrad"),
+]
+
+
+@pytest.mark.parametrize("pattern", STEP_ALIGNMENT_PATTERNS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("algorithm, options", STEP_CASES)
+def test_op_misaligned_and_mixed_alignment(device, algorithm, options, dtype, pattern):
+    # The vector path (16 bytes of every buffer per thread and step on CUDA) needs every buffer aligned; one
+    # misaligned buffer sends the call down the element-wise path. Offsets of 1..3 elements; those that are a
+    # multiple of 16 bytes (2 float64) are aligned and skipped. K = 3, statistics on, grad_scale and found_inf = 0.
+    op, reference = op_and_reference(algorithm)
+    hyper, step = options
+    itemsize = torch.finfo(dtype).bits // 8
+    for offset in (1, 2, 3):
+        param_offset, state_offsets, grad_offsets = STEP_ALIGNMENT_PATTERNS[pattern](offset, state_count(algorithm))
+        offsets = [param_offset, *state_offsets, *grad_offsets]
+        if all(o * itemsize % 16 == 0 for o in offsets):
+            continue
+        for n in (37, 4099):
+            call = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0, seed=offset)
+            call = with_offsets(call, param_offset, state_offsets, grad_offsets)
+            buffers = [call.param, *call.states, *call.grads]
+            assert [t.data_ptr() % 16 != 0 for t in buffers] == [o * itemsize % 16 != 0 for o in offsets]
+            check_step_against_reference(call, op, reference, algorithm, hyper, step, n)
+
+
+# ---- beyond one pass of the grid
+
+# The CUDA kernel loops over the buffers with a grid of at most one wave (#SMs x at most 2048 resident threads, in
+# blocks of 256), 16 bytes per thread and pass (4 floats, 8 halves): at most about 1.1M floats per pass on a 132-SM
+# GPU. 2**22 + 7 elements take several passes, sum the
+# statistics over many threads and blocks, and leave an odd tail.
+BEYOND_ONE_PASS = (1 << 22) + 7
+
+
+def beyond_one_pass_cases(device):
+    """(dtype, offset) cases: on the CPU float32 only (no grid there; keeps the run short); on CUDA every dtype,
+    aligned, and float32 also through the element-wise path (every buffer at offset 1)."""
+    if device != "cuda":
+        return [(torch.float32, 0)]
+    return [(dtype, 0) for dtype in ALL_DTYPES] + [(torch.float32, 1)]
+
+
+@pytest.mark.parametrize("algorithm, options", STEP_CASES)
+def test_op_beyond_one_grid_pass(device, algorithm, options):
+    op, reference = op_and_reference(algorithm)
+    hyper, step = options
+    n = BEYOND_ONE_PASS
+    for dtype, offset in beyond_one_pass_cases(device):
+        call = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0, seed=11)
+        if offset:
+            call = with_offsets(call, offset, [offset] * len(call.states), [offset] * 3)
+        check_step_against_reference(call, op, reference, algorithm, hyper, step, n)
+
+
+# ---- CUDA graphs
+
+
+@pytest.mark.parametrize("algorithm, options", STEP_CASES)
+def test_cuda_graph_capture_of_the_step_op(cuda_device, algorithm, options):
+    # K = 3, statistics on, grad_scale and found_inf given, all read on the device: the op is captured once and
+    # replayed with new gradients (and a new lr) copied into the static tensors, found_inf 0 (a step) and 1 (a skipped
+    # step: nothing written, statistics zero, the count unchanged). An eager twin fed the same values must agree bit
+    # for bit after every replay, and each step is checked against the reference.
+    device = cuda_device
+    op, reference = op_and_reference(algorithm)
+    hyper, step = options
+    n = 4099
+    static = Call(algorithm, hyper, step, n, 3, torch.float32, device, 1024.0, 0.0, seed=3)
+    initial = static.clone()
+
+    def reset(call, source):
+        written, values = [call.param, *call.states, call.step], [source.param, *source.states, source.step]
+        for dst, src in zip(written, values, strict=True):
+            dst.copy_(src)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            static.run(op)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured_stats = static.run(op)
+    reset(static, initial)  # warm-up steps undone: the replays start where the eager twin starts
+    eager = initial.clone()
+    steps_taken = 0
+    for replay, found_inf in enumerate([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]):
+        generator = torch.Generator().manual_seed(100 + replay)
+        for g in static.grads:
+            g.copy_(1024.0 * torch.randn(n, generator=generator, dtype=torch.float64))
+        if replay == 3:
+            static.lr.fill_(0.01)
+        static.found_inf.fill_(found_inf)
+        eager.grads = [g.clone() for g in static.grads]
+        eager.lr, eager.found_inf = static.lr.clone(), static.found_inf.clone()
+        before = [t.clone() for t in static.tensors()]
+        ref, truth = static.clone(device="cpu"), static.clone(dtype=torch.float64, device="cpu")
+        graph.replay()
+        eager_stats = eager.run(op)
+        torch.cuda.synchronize()
+        what = f"replay {replay} (found_inf {found_inf})"
+        assert torch.equal(captured_stats, eager_stats), what
+        assert_bit_identical([static.param, *static.states, static.step], [eager.param, *eager.states, eager.step])
+        if found_inf:
+            assert_bit_identical(before, static.tensors())
+            assert torch.equal(captured_stats.cpu(), torch.zeros(6))
+            continue
+        steps_taken += 1
+        ref.run(reference)
+        truth_stats = truth.run(reference)
+        assert_within_reference_error(static.param.cpu(), ref.param, truth.param, what=f"{what} param")
+        for s in used_states(algorithm, hyper):
+            assert_within_reference_error(static.states[s].cpu(), ref.states[s], truth.states[s], what=f"{what} {s}")
+        tolerance = stats_tolerance(truth, n) * acc_eps(torch.float32)
+        assert ((captured_stats.cpu().double() - truth_stats).abs() <= tolerance).all(), what
+    assert static.step.item() == step + steps_taken == step + 4
+
+
+# ---- a CPU tensor mixed into a CUDA call
+
+
+def _cuda_call_with_cpu(algorithm, name):
+    """A fresh CUDA call of ``algorithm`` (K = 2, grad_scale and found_inf given) with the tensor argument ``name``
+    moved to the CPU, as (call, arguments)."""
+    call = _fresh_call(algorithm, "cuda")
+    build = _sgd if algorithm == "sgd" else _adamw
+    if name.startswith("grads["):
+        k = int(name[6])
+        grads = list(call.grads)
+        grads[k] = grads[k].cpu()
+        return call, build(call, grads=grads)
+    state_names = ["momentum_buffer"] if algorithm == "sgd" else ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+    if name in state_names:
+        return call, build(call, **{name: call.states[state_names.index(name)].cpu()})
+    return call, build(call, **{name: getattr(call, name).cpu()})
+
+
+CPU_MIXED = [
+    (algorithm, name)
+    for algorithm, names in [
+        ("sgd", ["param", "momentum_buffer"]),
+        ("adamw", ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+    ]
+    for name in [*names, "grads[0]", "grads[1]", "coefficients", "lr", "step", "grad_scale", "found_inf"]
+]
+
+
+@pytest.mark.parametrize("algorithm, name", CPU_MIXED, ids=[f"{a}-{n}" for a, n in CPU_MIXED])
+def test_cpu_tensor_in_a_cuda_call_is_rejected(cuda_device, algorithm, name):
+    # Everything a step reads is read by the kernel on the device (lr, step, coefficients, found_inf included: no
+    # host synchronisation), so a CPU tensor among CUDA ones, even a 0-dim one, must be refused by name before
+    # anything is written. A CPU param makes every other tensor the misplaced one: the first is named.
+    call, args = _cuda_call_with_cpu(algorithm, name)
+    op, _ = op_and_reference(algorithm)
+    if name == "param":
+        first = "momentum_buffer" if algorithm == "sgd" else "exp_avg"
+        match = rf"{first} must be on the device of param \(cpu\), got cuda:0"
+    else:
+        match = rf"{re.escape(name)} must be on the device of param \(cuda:0\), got cpu"
+    before = [t.clone() for t in call.tensors()]
+    with pytest.raises(ValueError, match=match):
+        op(*args)
     assert_bit_identical(before, call.tensors())

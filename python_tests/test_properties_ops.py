@@ -1,6 +1,8 @@
 """Property-based tests of the ops (hypothesis, profiles in hypothesis_profiles.py): smooth_max forward and backward,
 blend, blend_ and mimo_loss on random shapes, M, K, dtypes, mu, gamma and values spanning many orders of magnitude,
-each against the float64 reference of python_tests/reference.py on the very same (rounded) inputs.
+each against the float64 reference of python_tests/reference.py on the very same (rounded) inputs, on every device
+(conftest's `device` fixture: the inputs are drawn on the CPU and copied to the device, the references computed on
+the CPU copies).
 
 Tolerances (derivations beside each test) are per element: twice the error of rounding the float64 reference to the
 storage dtype, plus a count of roundings of the math type (float32, or float64 for float64) on the sum of the
@@ -52,7 +54,7 @@ def smooth_max_tolerances(losses64: torch.Tensor, mu: float, dtype: torch.dtype,
 
 
 @given(smooth_max_cases())
-def test_smooth_max_forward_and_backward(case):
+def test_smooth_max_forward_and_backward(device, case):
     dtype, shape, mu, exponents, seed = case
     generator = torch.Generator().manual_seed(seed)
     losses = spread(shape, exponents, generator).to(dtype)
@@ -60,8 +62,9 @@ def test_smooth_max_forward_and_backward(case):
     value_ref, weights_ref = smooth_max_reference(losses64, mu)
     value_tol, weights_tol = smooth_max_tolerances(losses64, mu, dtype, value_ref, weights_ref)
 
-    leaf = losses.clone().requires_grad_()
+    leaf = losses.clone().to(device).requires_grad_()
     value, weights = mimo_ext.smooth_max(leaf, mu)
+    assert value.device == weights.device == leaf.device
     assert value.dtype == weights.dtype == dtype and value.shape == shape[:-1] and weights.shape == shape
     assert_close_elementwise(value, value_ref, value_tol, "value")
     assert_close_elementwise(weights, weights_ref, weights_tol, "weights")
@@ -69,7 +72,7 @@ def test_smooth_max_forward_and_backward(case):
     # Backward: grad = grad_value[..., None] * weights, where weights is the stored (rounded) output, so the
     # gradient's error is |grad_value| times the weights' tolerance, plus the rounding of the product.
     grad_value = spread(shape[:-1], exponents, generator).to(dtype)
-    value.backward(grad_value)
+    value.backward(grad_value.to(device))
     g64 = grad_value.double()[..., None]
     grad_ref = g64 * weights_ref
     grad_tol = elementwise_tolerance(grad_ref, dtype, grad_ref.abs(), terms=2) + g64.abs() * weights_tol
@@ -89,13 +92,13 @@ def blend_cases(draw):
     return dtype, n, k, value_exponents, gamma, weight_dtype, draw(seeds)
 
 
-def blend_inputs(case):
+def blend_inputs(case, device):
     dtype, n, k, value_exponents, gamma, weight_dtype, seed = case
     generator = torch.Generator().manual_seed(seed)
     base = spread((n,), value_exponents[0], generator).to(dtype)
     grads = [spread((n,), e, generator).to(dtype) for e in value_exponents[1:]]
     weights = spread((k,), (-3, 1), generator).to(weight_dtype)
-    return base, grads, weights, gamma
+    return base.to(device), [g.to(device) for g in grads], weights.to(device), gamma
 
 
 def blend_tolerance(base, grads, weights, gamma, reference):
@@ -103,26 +106,26 @@ def blend_tolerance(base, grads, weights, gamma, reference):
     product and each multiply-add round once more, so each term carries at most K + 4 roundings of its own
     magnitude, and base K; 2K + 6 roundings of the sum of all magnitudes bound that."""
     k = len(grads)
-    scale = base.double().abs()
-    for w, g in zip(weights.double(), grads, strict=True):
-        scale = scale + abs(gamma) * w.abs() * g.double().abs()
+    scale = base.double().cpu().abs()
+    for w, g in zip(weights.double().cpu(), grads, strict=True):
+        scale = scale + abs(gamma) * w.abs() * g.double().cpu().abs()
     return elementwise_tolerance(reference, base.dtype, scale, terms=2 * k + 6)
 
 
 @given(blend_cases())
-def test_blend_out_of_place(case):
-    base, grads, weights, gamma = blend_inputs(case)
+def test_blend_out_of_place(device, case):
+    base, grads, weights, gamma = blend_inputs(case, device)
     inputs = [t.clone() for t in [base, *grads, weights]]
     reference = blend_reference(base, grads, weights, gamma)
     out = mimo_ext.blend(base, grads, weights, gamma)
-    assert out.dtype == base.dtype and out.shape == base.shape
+    assert out.dtype == base.dtype and out.shape == base.shape and out.device == base.device
     assert_close_elementwise(out, reference, blend_tolerance(base, grads, weights, gamma, reference), "blend")
     assert all(torch.equal(a, b) for a, b in zip(inputs, [base, *grads, weights], strict=True)), "an input changed"
 
 
 @given(blend_cases(), st.booleans())
-def test_blend_in_place(case, base_among_grads):
-    base, grads, weights, gamma = blend_inputs(case)
+def test_blend_in_place(device, case, base_among_grads):
+    base, grads, weights, gamma = blend_inputs(case, device)
     if base_among_grads:
         grads[0] = base  # allowed: each element is read before it is written
     reference = blend_reference(base, grads, weights, gamma)
@@ -146,20 +149,22 @@ def mimo_loss_cases(draw):
 
 
 @given(mimo_loss_cases(), st.booleans())
-def test_mimo_loss_value_and_gradient(case, as_tensor):
+def test_mimo_loss_value_and_gradient(device, case, as_tensor):
     """value = f0 + gamma * S_mu(f); d/df0 = 1 and d/df = gamma * softmax(f / mu). The value sums f0 and gamma times
     the smooth max in the losses' dtype: the smooth max's tolerance times gamma, plus two roundings of the sum."""
     dtype, m, gamma, mu, exponents, seed = case
     generator = torch.Generator().manual_seed(seed)
-    f0 = spread((), exponents, generator, positive=True).to(dtype).requires_grad_()
-    f = spread((m,), exponents, generator, positive=True).to(dtype).requires_grad_()
+    f0 = spread((), exponents, generator, positive=True).to(dtype).to(device).requires_grad_()
+    f = spread((m,), exponents, generator, positive=True).to(dtype).to(device).requires_grad_()
     loss = mimo_ext.mimo_loss(f0, f if as_tensor else list(f.unbind()), gamma=gamma, mu=mu)
     loss.backward()
 
-    value_ref, weights_ref = smooth_max_reference(f.double(), mu)
-    value_tol, weights_tol = smooth_max_tolerances(f.double(), mu, dtype, value_ref, weights_ref)
-    total = f0.double() + gamma * value_ref
-    scale = f0.double().abs() + gamma * value_ref.abs()
+    assert loss.device == f0.device
+    f64, f0_64 = f.detach().double().cpu(), f0.detach().double().cpu()
+    value_ref, weights_ref = smooth_max_reference(f64, mu)
+    value_tol, weights_tol = smooth_max_tolerances(f64, mu, dtype, value_ref, weights_ref)
+    total = f0_64 + gamma * value_ref
+    scale = f0_64.abs() + gamma * value_ref.abs()
     tol = elementwise_tolerance(total, dtype, scale, terms=4) + gamma * value_tol
     # gamma * value is rounded to the dtype before the sum: one more rounding of gamma * |value| in that dtype.
     tol = tol + torch.finfo(dtype).eps * gamma * value_ref.abs()

@@ -1,6 +1,7 @@
 """Property-based tests of the fused optimizer steps (hypothesis, profiles in hypothesis_profiles.py): the ops
 sgd_step_ / adamw_step_ on random flat buffers, and MIMOSGD / MIMOAdamW over a few steps on random parameter shapes,
-M, dtypes and hyperparameters, each against mimo_ext.optim's plain-PyTorch reference steps.
+M, dtypes and hyperparameters, each against mimo_ext.optim's plain-PyTorch reference steps, on every device
+(conftest's `device` fixture: inputs drawn on the CPU and copied to the device, references run on the CPU).
 
 The tolerance rule is optim_helpers.assert_within_reference_error (the one the optimizer tests use): the result
 must be within twice the error of the reference run in the same storage dtype (the oracle) from the reference run
@@ -106,6 +107,21 @@ class StepCall:
         other.states = [s.clone() for s in self.states]
         return other
 
+    def on(self, device) -> StepCall:
+        """A copy of every tensor on ``device`` (a copy also on the CPU: the written ones are never shared)."""
+        other = StepCall.__new__(StepCall)
+        other.__dict__.update(self.__dict__)
+
+        def copy(t):
+            return None if t is None else t.clone().to(device)
+
+        other.param, other.step, other.lr = copy(self.param), copy(self.step), copy(self.lr)
+        other.states = [copy(s) for s in self.states]
+        other.grads = [copy(g) for g in self.grads]
+        other.coefficients = copy(self.coefficients)
+        other.grad_scale, other.found_inf = copy(self.grad_scale), copy(self.found_inf)
+        return other
+
     def run(self, fn):
         head = (self.param, *(self.states if self.algorithm == "adamw" else self.states[:1]))
         tail = (self.grads, self.coefficients, self.lr, self.step, self.grad_scale, self.found_inf)
@@ -151,24 +167,25 @@ def stats_tolerance(truth: StepCall) -> torch.Tensor:
 
 @pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
 @given(data=st.data())
-def test_step_op_matches_reference(algorithm, data):
-    call = data.draw(step_calls(algorithm))
+def test_step_op_matches_reference(device, algorithm, data):
+    call = data.draw(step_calls(algorithm)).on(device)
     op = torch.ops.mimo_ext.sgd_step_.default if algorithm == "sgd" else torch.ops.mimo_ext.adamw_step_.default
     reference = sgd_step_reference if algorithm == "sgd" else adamw_step_reference
-    oracle, truth = call.clone(), call.as_float64()
+    oracle, truth = call.on("cpu"), call.on("cpu").as_float64()
     grads_before = [g.clone() for g in call.grads]
     unused_before = {s: call.states[s].clone() for s in range(len(call.states)) if s not in used_states(call)}
     stats = call.run(op)
     oracle.run(reference)
     truth_stats = truth.run(reference)
 
+    assert stats.device == call.param.device
     assert call.step.item() == truth.step.item()
     assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
     assert all(torch.equal(call.states[s], t) for s, t in unused_before.items()), "an unused state was written"
     assert_within_reference_error(call.param, oracle.param, truth.param, what="param")
     for s in used_states(call):
         assert_within_reference_error(call.states[s], oracle.states[s], truth.states[s], what=f"state {s}")
-    error = (stats.double() - truth_stats).abs()
+    error = (stats.double().cpu() - truth_stats).abs()
     assert (error <= stats_tolerance(truth) * acc_eps(call.param.dtype)).all(), (stats, truth_stats)
 
 
@@ -239,11 +256,11 @@ class PerParameterReference:
 
 @given(optimizer_runs())
 @hypothesis_profiles.examples(0.5)
-def test_optimizer_matches_per_parameter_reference(run):
+def test_optimizer_matches_per_parameter_reference(device, run):
     dtype, algorithm, shapes, config, m, steps, path, (g_exp, p_exp), seed = run
     generator = torch.Generator().manual_seed(seed)
     init = [spread(s, p_exp, generator).to(dtype) for s in shapes]
-    params = [torch.nn.Parameter(p.clone()) for p in init]
+    params = [torch.nn.Parameter(p.clone().to(device)) for p in init]
     cls = MIMOSGD if algorithm == "sgd" else MIMOAdamW
     opt = cls(params, **config)
     acc = math_dtype(dtype)
@@ -253,12 +270,18 @@ def test_optimizer_matches_per_parameter_reference(run):
     for _ in range(steps):
         grads = [[spread(s, g_exp, generator).to(dtype) for s in shapes] for _ in range(k)]
         losses = 0.1 + 3 * torch.rand(m, generator=generator)
-        objectives = [linear_objective(params, grads[j], losses[j - 1] if j else torch.tensor(1.0)) for j in range(k)]
+        objectives = [
+            linear_objective(
+                params, [g.to(device) for g in grads[j]], (losses[j - 1] if j else torch.tensor(1.0)).to(device)
+            )
+            for j in range(k)
+        ]
         opt.zero_grad()
         if path == "objectives":
             opt.backward(objectives[0], objectives[1:])
-            # As the optimizer forms them: weights in float64 from smooth_max, times gamma in the math type.
-            weights = mimo_ext.smooth_max(losses.double(), config["mu"])[1]
+            # As the optimizer forms them: weights in float64 from smooth_max (on the device), times gamma in the
+            # math type.
+            weights = mimo_ext.smooth_max(losses.double().to(device), config["mu"])[1].cpu()
             library = torch.cat([torch.ones(1, dtype=acc), weights.to(acc) * config["gamma"]])
             exact_weights = torch.softmax(losses.double() / config["mu"], 0)
             exact = torch.cat([torch.ones(1, dtype=torch.float64), config["gamma"] * exact_weights])

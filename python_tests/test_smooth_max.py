@@ -205,3 +205,66 @@ def test_opcheck(device, dtype):
 def test_bad_input(device, losses, mu, error, match):
     with pytest.raises(error, match=match):
         mimo_ext.smooth_max(losses.to(device), mu)
+
+
+# ---- CUDA graphs and devices
+
+
+def test_cuda_graph_capture_of_smooth_max_and_its_backward(cuda_device):
+    # Short rows (a thread per row) and long rows (a warp per row), the forward and the backward op, captured in one
+    # graph, replayed with new losses copied into the static tensors: the eager calls' bits and the reference each time.
+    device = cuda_device
+    mu = 0.3
+    static = [torch.zeros(shape, device=device) for shape in [(64, 5), (8, 100)]]
+    upstream = [torch.zeros(shape[:1], device=device) for shape in [(64, 5), (8, 100)]]
+
+    def fill(step):
+        generator = torch.Generator().manual_seed(step)
+        for t in [*static, *upstream]:
+            t.copy_(torch.randn(t.shape, generator=generator, dtype=torch.float64) * 2)
+
+    def ops(losses, grads):
+        out = []
+        for rows, g in zip(losses, grads, strict=True):
+            value, weights = mimo_ext.smooth_max(rows, mu)
+            out += [value, weights, torch.ops.mimo_ext.smooth_max_backward.default(g, weights)]
+        return out
+
+    fill(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            ops(static, upstream)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ops(static, upstream)
+    for step in range(1, 5):
+        fill(step)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = ops([t.clone() for t in static], [t.clone() for t in upstream])
+        for i, (got, want) in enumerate(zip(captured, eager, strict=True)):
+            assert torch.equal(got, want), f"replay {step}: output {i} differs from the eager call"
+        for j, losses in enumerate(static):
+            value, weights, grad = captured[3 * j : 3 * j + 3]
+            ref_value, ref_weights = smooth_max_reference(losses, mu)
+            magnitude = losses.abs().max().item()
+            assert_matches_reference(value, ref_value, scale=magnitude + mu * 8, terms=8)
+            assert_matches_reference(weights, ref_weights, scale=1.0, terms=8 + losses.shape[-1])
+            expected = ref_weights * upstream[j].double().cpu()[:, None]
+            assert_matches_reference(grad, expected, scale=upstream[j].abs().max().item(), terms=16)
+
+
+@pytest.mark.parametrize("moved", ["grad_value", "weights"])
+def test_cpu_tensor_in_a_cuda_backward_is_rejected(cuda_device, moved):
+    # smooth_max's only tensor is its input; its backward op takes two, which must be on one device.
+    weights = mimo_ext.smooth_max(random_losses((4, 3), torch.float32, cuda_device), 0.5)[1]
+    grad_value = random_losses((4,), torch.float32, cuda_device, seed=1)
+    if moved == "grad_value":
+        grad_value, match = grad_value.cpu(), r"grad_value is on cpu but weights is on cuda:0"
+    else:
+        weights, match = weights.cpu(), r"grad_value is on cuda:0 but weights is on cpu"
+    with pytest.raises(ValueError, match=match):
+        torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
