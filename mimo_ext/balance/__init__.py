@@ -1,5 +1,6 @@
-"""Balanced multi-modal training: the balancing methods of the field behind one interface, real offline data, and
-:func:`compare`, which trains one late-fusion model with each method under identical settings.
+"""Balanced multi-modal training: the balancing methods of the field behind one interface, real offline data,
+:func:`compare`, which trains one late-fusion model with each method under identical settings, and :func:`sweep`,
+which runs one method over a grid of its options (:func:`pareto_front` picks the settings worth keeping).
 
 The main command ``python -m mimo_ext.balance`` runs every method on mfeat (pix + fou) and AV-digits-mini.
 """
@@ -7,6 +8,7 @@ The main command ``python -m mimo_ext.balance`` runs every method on mfeat (pix 
 from .compare import DEFAULT_METHODS, compare
 from .data import load_av_digits
 from .methods import METHODS, BalanceMethod, BatchOutputs, StepTimes, make_method
+from .sweep import pareto_front, sweep
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -17,4 +19,6 @@ __all__ = [
     "compare",
     "load_av_digits",
     "make_method",
+    "pareto_front",
+    "sweep",
 ]

@@ -2,16 +2,28 @@
 
 Defaults: mfeat ``pix`` + ``fou`` (a strong and a weak view of the same digits) and AV-digits-mini (8x8 digit
 images with their leading principal components removed, paired with spoken digits). Prints one table per data
-set and writes ``<out>/balance.json`` (every number, the settings and the machine) and ``<out>/balance.png``
-(per-modality head accuracy over epochs per method, and fused accuracy against time per step).
+set (fused accuracy, the worst modality's accuracy, per-modality accuracy, time per step, memory) and writes
+``<out>/balance.json`` (every number, the settings and the machine) and ``<out>/balance.png`` (fused accuracy
+against worst-modality probe accuracy and against time per step, and per-modality head accuracy over epochs).
+Other data sets by name (``--datasets``, see :data:`DATASETS`): ``mfeat-all`` (all six views), ``av-digits`` (MNIST
+size) and ``av-digits-noisy`` (the audio degraded instead of the image).
+
+``--sweep gamma=0.5,1,2 mu=0.05,0.1,0.2`` instead runs :func:`mimo_ext.balance.sweep` over that grid (of
+``--sweep-method``, default mimo) on each data set, plus the ``--methods`` for comparison, and prints and draws
+the points with their Pareto front (worst-modality probe accuracy against fused accuracy): ``<out>/sweep.json``
+and ``<out>/sweep_<dataset>.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
+import os
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,23 +31,40 @@ import torch
 from ..datasets import MFEAT_VIEWS, load_mfeat
 from .compare import DEFAULT_METHODS, compare
 from .data import load_av_digits
-from .methods import METHODS
-from .report import format_table, machine_info, plot, write_json
+from .methods import METHODS, make_method
+from .report import format_sweep_table, format_table, machine_info, plot, plot_sweep, write_json
+from .sweep import pareto_front, sweep
 
-DATASETS = ("mfeat", "av-digits-mini", "av-digits")
+# AV-digits-noisy's audio noise, in units of each standardised MFCC coefficient's std: at 2.0 a logistic regression
+# on the raw audio drops from 0.97 to 0.73 test accuracy (0.79 for av-digits-mini's PCA-degraded image), so the
+# audio is about as weak there as the image is in av-digits-mini; at 1.0 it still reached 0.94.
+NOISY_AUDIO_STD = 2.0
+
+# name -> what it is; every name is runnable with --datasets NAME.
+DATASETS: dict[str, str] = {
+    "mfeat": "UCI mfeat, the views given by --views (default pix + fou: a strong and a weak view of 2,000 digits)",
+    "mfeat-all": "UCI mfeat, all six views (M = 6, of unequal difficulty: the setting worst-modality-first is for)",
+    "av-digits-mini": "8x8 digit images with their 8 leading principal components removed (the weak side) + spoken "
+    "digits",
+    "av-digits": "the same at MNIST size (10,000 28x28 images)",
+    "av-digits-noisy": f"AV-digits-mini with the clean image and the audio degraded instead (Gaussian noise of "
+    f"{NOISY_AUDIO_STD:g} x each MFCC coefficient's std)",
+}
+DEFAULT_DATASETS = ("mfeat", "av-digits-mini")
+SWEEP_BASELINES = ("joint", "uniform", "mmpareto")
 
 
 class ProgressBar:
     """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
 
     def __init__(self, total: int, width: int = 30) -> None:
-        self.total, self.done, self.width = total, 0, width
+        self.total, self.done, self.width = max(total, 1), 0, width
         self.start = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
     def __call__(self, message: str) -> None:
         self.done += 1
-        filled = self.width * self.done // self.total
+        filled = self.width * min(self.done, self.total) // self.total
         line = (
             f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
             f"{time.perf_counter() - self.start:5.0f}s  {message}"
@@ -46,38 +75,215 @@ class ProgressBar:
 
 
 def _load(dataset: str, views: Sequence[str]):
-    if dataset == "mfeat":
+    """(modality names, modalities, labels, explicit test set or None) of a data set named in DATASETS."""
+    if dataset in ("mfeat", "mfeat-all"):
+        views = list(views) if dataset == "mfeat" else list(MFEAT_VIEWS)
         xs, y = load_mfeat(views)
-        return list(views), xs, y, None
-    train, test = load_av_digits("mini" if dataset == "av-digits-mini" else "mnist")
+        return views, xs, y, None
+    if dataset == "av-digits-noisy":
+        train, test = load_av_digits("mini", degrade="audio_noise", noise_std=NOISY_AUDIO_STD)
+    else:
+        train, test = load_av_digits("mini" if dataset == "av-digits-mini" else "mnist")
     return train.names, train.modalities, train.labels, (test.modalities, test.labels)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mimo_ext.balance", description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["mfeat", "av-digits-mini"], choices=DATASETS)
-    p.add_argument("--views", nargs="+", default=["pix", "fou"], choices=sorted(MFEAT_VIEWS), help="mfeat views")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=sorted(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--out", type=Path, default=Path("balance_results"), help="folder for balance.json/.png")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see below)")
-    args = p.parse_args(argv)
-    # These models are small: one thread avoids the synchronisation cost of torch's thread pool on every tiny op,
-    # which on a busy two-core machine made a training step tens of times slower than single-threaded.
-    torch.set_num_threads(args.threads)
-    if len(args.views) < 2:
-        p.error("--views needs at least 2 views")
+# Argument types: a bad value is an argparse error naming the option (exit code 2, no traceback).
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
-    total = len(args.datasets) * len(args.methods) * len(args.seeds)
-    bar = ProgressBar(total)
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return value
+
+
+def _sweep_axis(text: str) -> tuple[str, list[float]]:
+    """``"gamma=0.5,1,2"`` -> ``("gamma", [0.5, 1.0, 2.0])``."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.isidentifier() or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,... (e.g. gamma=0.5,1,2), got {text!r}")
+    parsed = []
+    for v in values.split(","):
+        try:
+            number = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: {v!r} is not a number (in {text!r})") from None
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{key}: {v!r} is not finite (in {text!r})")
+        parsed.append(number)
+    if len(set(parsed)) != len(parsed):
+        raise argparse.ArgumentTypeError(f"{key}: a value is repeated (in {text!r})")
+    return key, parsed
+
+
+def _duplicates(values: Sequence) -> list:
+    seen, dup = set(), []
+    for v in values:
+        if v in seen and v not in dup:
+            dup.append(v)
+        seen.add(v)
+    return dup
+
+
+def _check_writable(folder: Path) -> str | None:
+    """None when files can be created in ``folder`` (created if missing), else why not."""
+    probe = folder / f".write_probe_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mimo_ext.balance",
+        description="Every balancing method on real multi-modal data, identical settings, 3 seeds; or, with "
+        "--sweep, one method over a grid of its options, with its Pareto front.",
+        epilog="data sets (--datasets):\n"
+        + "\n".join(
+            textwrap.fill(what, 100, initial_indent=f"  {name:<17}", subsequent_indent=" " * 19, break_on_hyphens=False)
+            for name, what in DATASETS.items()
+        )
+        + "\n\nexamples:\n"
+        "  python -m mimo_ext.balance                                    # the main command (default data sets)\n"
+        "  python -m mimo_ext.balance --datasets mfeat-all av-digits-noisy\n"
+        "  python -m mimo_ext.balance --sweep gamma=0.5,1,2 mu=0.05,0.1,0.2 --datasets mfeat",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DEFAULT_DATASETS),
+        choices=list(DATASETS),
+        metavar="NAME",
+        help=f"data sets by name, listed below (default: {' '.join(DEFAULT_DATASETS)})",
+    )
+    p.add_argument(
+        "--views",
+        nargs="+",
+        default=["pix", "fou"],
+        choices=list(MFEAT_VIEWS),
+        metavar="VIEW",
+        help=f"views for --datasets mfeat, at least 2, any of {' '.join(MFEAT_VIEWS)} (default: pix fou; mfeat-all "
+        "uses all six)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help=f"balancing methods, any of {', '.join(sorted(METHODS))} (default: {' '.join(DEFAULT_METHODS)}; "
+        f"with --sweep, the methods to compare the sweep with, default: {' '.join(SWEEP_BASELINES)})",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed (default: 0 1 2)")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("balance_results"),
+        help="folder for the JSON and PNG files, created if missing; checked for writing before any training "
+        "(default: balance_results)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch CPU threads (default: 1; these models are small, and a larger thread pool synchronises on every "
+        "tiny op: on a busy two-core machine that made a training step tens of times slower than one thread)",
+    )
+    p.add_argument(
+        "--sweep",
+        nargs="+",
+        type=_sweep_axis,
+        metavar="KEY=V1,V2",
+        help="sweep a grid of --sweep-method's options instead of comparing methods, e.g. gamma=0.5,1,2 "
+        "mu=0.05,0.1,0.2 (every combination; numeric values)",
+    )
+    p.add_argument(
+        "--sweep-method",
+        default=None,
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help="the method whose options --sweep varies (default: mimo)",
+    )
+    return p
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parsed and checked arguments: every error here is an argparse error (exit code 2), before any training."""
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = list(SWEEP_BASELINES if args.sweep else DEFAULT_METHODS)
+    for option, values in (
+        ("--datasets", args.datasets),
+        ("--views", args.views),
+        ("--methods", args.methods),
+        ("--seeds", args.seeds),
+    ):
+        dup = _duplicates(values)
+        if dup:
+            p.error(f"argument {option}: repeated: {' '.join(map(str, dup))}")
+    if "mfeat" in args.datasets and len(args.views) < 2:
+        p.error("argument --views: mfeat needs at least 2 views")
+    if args.sweep:
+        args.sweep_method = args.sweep_method or "mimo"
+        keys = [k for k, _ in args.sweep]
+        dup = _duplicates(keys)
+        if dup:
+            p.error(f"argument --sweep: key given twice: {' '.join(dup)}")
+        # Every combination must build the method: unknown keys and out-of-range values fail here, not mid-sweep.
+        grid = dict(args.sweep)
+        for combo in itertools.product(*grid.values()):
+            options = dict(zip(grid, combo, strict=True))
+            try:
+                make_method(args.sweep_method, **options)
+            except (TypeError, ValueError) as e:
+                p.error(f"argument --sweep: {args.sweep_method} does not accept {options}: {e}")
+    elif args.sweep_method is not None:
+        p.error("argument --sweep-method: only meaningful with --sweep")
+    problem = _check_writable(args.out)
+    if problem is not None:
+        p.error(f"argument --out: cannot write to {args.out}: {problem}")
+    return p, args
+
+
+def _load_all(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, tuple]:
+    # Every data set up front, so that a missing data package fails before any training.
+    loaded = {}
+    for dataset in args.datasets:
+        try:
+            loaded[dataset] = _load(dataset, args.views)
+        except ImportError as e:
+            p.error(f"argument --datasets: {dataset}: {e}")
+    return loaded
+
+
+def _title(dataset: str, names: Sequence[str]) -> str:
+    return f"{dataset} ({' + '.join(names)})"
+
+
+def _run_compare(args, loaded, progress: Callable[[str, str], None]) -> int:
     report: dict[str, dict] = {}
     tables = []
-    for dataset in args.datasets:
-        names, xs, y, test = _load(dataset, args.views)
-        title = f"{dataset} ({' + '.join(names)})"
+    for dataset, (names, xs, y, test) in loaded.items():
         results = compare(
             xs,
             y,
@@ -87,16 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             test=test,
             batch_size=args.batch_size,
             lr=args.lr,
-            progress=lambda msg, d=dataset: bar(f"{d} {msg}"),
+            progress=lambda msg, d=dataset: progress(d, msg),
         )
-        report[title] = dict(modalities=names, results=results)
-        tables.append(format_table(title, names, results))
+        report[_title(dataset, names)] = dict(modalities=names, results=results)
+        tables.append(format_table(_title(dataset, names), names, results))
     print()
     for table in tables:
         print(table + "\n")
     write_json(
         args.out / "balance.json",
-        dict(machine=machine_info(), args=vars(args) | {"out": str(args.out)}, datasets=report),
+        dict(machine=machine_info(), args=_args_json(args), datasets=report),
     )
     drew = plot(args.out / "balance.png", report)
     print(
@@ -104,6 +310,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" and {args.out / 'balance.png'}" if drew else " (no figure: matplotlib is not installed)")
     )
     return 0
+
+
+def _run_sweep(args, loaded, progress: Callable[[str, str], None]) -> int:
+    grid = dict(args.sweep)
+    report: dict[str, dict] = {}
+    tables, figures = [], []
+    for dataset, (names, xs, y, test) in loaded.items():
+        options = dict(test=test, batch_size=args.batch_size, lr=args.lr)
+        points = sweep(
+            xs,
+            y,
+            method=args.sweep_method,
+            grid=grid,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            progress=lambda msg, d=dataset: progress(d, f"{args.sweep_method} sweep: {msg}"),
+            **options,
+        )
+        baselines = compare(
+            xs,
+            y,
+            args.methods,
+            args.seeds,
+            args.epochs,
+            progress=lambda msg, d=dataset: progress(d, msg),
+            **options,
+        )
+        front = pareto_front(points, x="worst_probe_acc", y="fused_acc")
+        title = f"{_title(dataset, names)}: {args.sweep_method} over {' x '.join(grid)}"
+        report[_title(dataset, names)] = dict(
+            modalities=names,
+            method=args.sweep_method,
+            grid=grid,
+            points=points,
+            front=[p["params"] for p in front],
+            baselines=baselines,
+        )
+        tables.append(format_sweep_table(title, points, front, baselines))
+        path = args.out / f"sweep_{dataset}.png"
+        if plot_sweep(path, title, points, front, baselines):
+            figures.append(path)
+    print()
+    for table in tables:
+        print(table + "\n")
+    write_json(args.out / "sweep.json", dict(machine=machine_info(), args=_args_json(args), datasets=report))
+    print(
+        f"wrote {args.out / 'sweep.json'}"
+        + (f" and {', '.join(map(str, figures))}" if figures else " (no figures: matplotlib is not installed)")
+    )
+    return 0
+
+
+def _args_json(args: argparse.Namespace) -> dict:
+    out = vars(args) | {"out": str(args.out)}
+    if args.sweep:
+        out["sweep"] = dict(args.sweep)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p, args = _parse(argv)
+    # These models are small: one thread avoids the synchronisation cost of torch's thread pool on every tiny op,
+    # which on a busy two-core machine made a training step tens of times slower than single-threaded.
+    torch.set_num_threads(args.threads)
+    loaded = _load_all(p, args)
+
+    runs_per_dataset = len(args.methods) + (math.prod(len(v) for _, v in args.sweep) if args.sweep else 0)
+    bar = ProgressBar(len(args.datasets) * runs_per_dataset * len(args.seeds))
+
+    def progress(dataset: str, message: str) -> None:
+        bar(f"{dataset} {message}")
+
+    return (_run_sweep if args.sweep else _run_compare)(args, loaded, progress)
 
 
 if __name__ == "__main__":

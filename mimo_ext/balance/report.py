@@ -1,4 +1,11 @@
-"""Readable output of a comparison: a text table, a JSON file and a PNG figure."""
+"""Readable output of a comparison or a sweep: text tables, a JSON file and PNG figures.
+
+Every table and figure shows the worst modality's accuracy next to the fused accuracy: MIMO's claim is that it
+trains the worst modality first, and the fused accuracy alone hides that (one strong modality can carry it).
+Accuracies print as ``mean+-std`` over seeds, or the mean alone when there was one seed (no spread to show).
+Under each table: the thread count, the machine's load before and after the runs, and a warning when the machine
+was busy with other work (step times are then not reliable; accuracies do not depend on timing).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +16,173 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["format_table", "machine_info", "plot", "write_json"]
+__all__ = [
+    "format_sweep_table",
+    "format_table",
+    "machine_info",
+    "machine_note",
+    "param_label",
+    "plot",
+    "plot_sweep",
+    "write_json",
+]
+
+# Settings that describe the machine during the runs rather than the training: reported by machine_note.
+MACHINE_SETTINGS = ("threads", "load_before", "load_after", "cpu_count", "busy")
+# Above this many characters, format_table moves the per-modality columns into a block of their own.
+MAX_WIDTH = 150
+BUSY_NOTE = (
+    "NOTE: the machine was busy with other work during these runs: step times (ms/step, weight ms, x joint) are "
+    "not reliable; accuracies do not depend on timing."
+)
+
+
+def _seeds(r: dict) -> int:
+    return len(r.get("per_seed") or ()) or len(r["settings"].get("seeds", ())) or 1
+
+
+def _acc(mean: float, std: float, seeds: int) -> str:
+    # One seed has no spread: print the mean alone rather than a meaningless "+-0.000".
+    return f"{mean:.3f}" if seeds < 2 else f"{mean:.3f}+-{std:.3f}"
+
+
+def _render(labels: Sequence[str], label_header: str, columns: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """Rows of a text table: a left-aligned label column, then right-aligned columns fitted to their content."""
+    lw = max(len(label_header), *(len(x) for x in labels)) + 2
+    widths = [max(len(h), *(len(c) for c in cells)) + 2 for h, cells in columns]
+    lines = [f"{label_header:<{lw}}" + "".join(f"{h:>{w}}" for (h, _), w in zip(columns, widths, strict=True))]
+    for i, label in enumerate(labels):
+        lines.append(f"{label:<{lw}}" + "".join(f"{c[i]:>{w}}" for (_, c), w in zip(columns, widths, strict=True)))
+    return lines
+
+
+def _blocks(labels: Sequence[str], groups: Sequence[Sequence[tuple[str, Sequence[str]]]]) -> list[list[str]]:
+    """The column groups as one table when it fits in :data:`MAX_WIDTH` characters; else the first group alone,
+    then the others, each joining the previous block when that still fits and split by column when it is too wide
+    alone. Each block repeats the label column."""
+
+    def fits(columns) -> bool:
+        return max(len(line) for line in _render(labels, "method", columns)) <= MAX_WIDTH
+
+    one = [c for g in groups for c in g]
+    if fits(one):
+        return [_render(labels, "method", one)]
+    blocks: list[list] = [list(groups[0])]
+    for group in groups[1:]:
+        if len(blocks) > 1 and fits(blocks[-1] + list(group)):
+            blocks[-1] += group
+            continue
+        blocks.append([])
+        for column in group:
+            if blocks[-1] and not fits(blocks[-1] + [column]):
+                blocks.append([])
+            blocks[-1].append(column)
+    return [_render(labels, "method", b) for b in blocks]
+
+
+def _time_columns(rows: Sequence[dict], joint: float | None) -> list[tuple[str, list[str]]]:
+    return [
+        ("ms/step", [f"{1e3 * r['step_time_s']:.2f}" for r in rows]),
+        ("x joint", [f"{r['step_time_s'] / joint:.2f}" if joint else "-" for r in rows]),
+    ]
 
 
 def format_table(title: str, names: Sequence[str], results: dict[str, dict]) -> str:
-    """One row per method: fused accuracy (mean +- std over seeds), per-modality head and probe accuracy, time per
-    step with its weighting share, step time relative to ``joint``, and peak memory."""
-    head_cols = [f"head:{n}" for n in names]
-    probe_cols = [f"probe:{n}" for n in names]
-    columns = ["fused", *head_cols, *probe_cols, "ms/step", "weight ms", "x joint", "peak MB"]
-    width = max(14, *(len(c) + 2 for c in columns))
-    lines = [title, f"{'method':<11}" + "".join(f"{c:>{width}}" for c in columns)]
+    """One row per method: fused accuracy, the worst modality's probe and head accuracy (the minimum over
+    modalities per seed, then mean+-std over seeds), per-modality probe and head accuracy, time per step with its
+    weighting share, step time relative to ``joint``, and peak memory; then the settings held equal and
+    :func:`machine_note`. A table wider than :data:`MAX_WIDTH` puts the per-modality columns in blocks of their own."""
+    methods = list(results)
+    rows = [results[m] for m in methods]
     joint = results.get("joint", {}).get("step_time_s")
-    for method, r in results.items():
-        cells = [f"{r['fused_acc']:.3f}+-{r['fused_acc_std']:.3f}"]
-        cells += [f"{a:.3f}" for a in r["head_acc"]]
-        cells += [f"{a:.3f}+-{s:.3f}" for a, s in zip(r["probe_acc"], r["probe_acc_std"], strict=True)]
-        cells += [f"{1e3 * r['step_time_s']:.2f}", f"{1e3 * r['step_time_split_s']['weighting']:.2f}"]
-        cells += [f"{r['step_time_s'] / joint:.2f}" if joint else "-"]
-        peak = r.get("peak_memory_bytes")
-        cells += [f"{peak / 2**20:.2f}" if peak is not None else "-"]
-        lines.append(f"{method:<11}" + "".join(f"{c:>{width}}" for c in cells))
-    settings = next(iter(results.values()))["settings"]
-    held = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method_options")
+    summary = [
+        ("fused", [_acc(r["fused_acc"], r["fused_acc_std"], _seeds(r)) for r in rows]),
+        ("worst probe", [_acc(r["worst_probe_acc"], r["worst_probe_acc_std"], _seeds(r)) for r in rows]),
+        ("worst head", [_acc(r["worst_head_acc"], r["worst_head_acc_std"], _seeds(r)) for r in rows]),
+    ]
+    probes = [
+        (f"probe:{n}", [_acc(r["probe_acc"][i], r["probe_acc_std"][i], _seeds(r)) for r in rows])
+        for i, n in enumerate(names)
+    ]
+    heads = [(f"head:{n}", [f"{r['head_acc'][i]:.3f}" for r in rows]) for i, n in enumerate(names)]
+    timing = _time_columns(rows, joint)
+    timing.insert(1, ("weight ms", [f"{1e3 * r['step_time_split_s']['weighting']:.2f}" for r in rows]))
+    peaks = [r.get("peak_memory_bytes") for r in rows]
+    timing.append(("peak MB", [f"{p / 2**20:.2f}" if p is not None else "-" for p in peaks]))
+
+    lines = [title]
+    for i, block in enumerate(_blocks(methods, [summary + timing, probes, heads])):
+        lines += ([] if i == 0 else ["per modality:"]) + block
+    settings = rows[0]["settings"]
+    held = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method_options" and k not in MACHINE_SETTINGS)
     lines.append(f"Same for every method: {held}")
+    lines += machine_note(rows)
     return "\n".join(lines)
+
+
+def param_label(params: dict) -> str:
+    """``{"gamma": 0.5, "mu": 0.1}`` -> ``"gamma=0.5 mu=0.1"``."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in params.items())
+
+
+def _same_point(a: dict, b: dict) -> bool:
+    return a.get("method") == b.get("method") and a.get("params") == b.get("params")
+
+
+def format_sweep_table(
+    title: str, points: Sequence[dict], front: Sequence[dict], baselines: dict[str, dict] | None = None
+) -> str:
+    """One row per sweep point (numbered as in :func:`plot_sweep`, with its parameters), then one per comparison
+    method: fused accuracy, worst-modality probe and head accuracy, time per step (and relative to ``joint`` when it
+    is among the comparison methods); ``*`` marks the points on the Pareto front (worst probe accuracy against fused
+    accuracy, both larger-better); then :func:`machine_note`."""
+    baselines = baselines or {}
+    rows = list(points) + list(baselines.values())
+    # Numbered as in plot_sweep's figure.
+    labels = [f"{i + 1:>2} {param_label(p['params'])}" for i, p in enumerate(points)]
+    labels += [f"   {m} (default)" for m in baselines]
+    joint = baselines.get("joint", {}).get("step_time_s")
+    columns = [
+        ("front", ["*" if any(_same_point(p, f) for f in front) else "" for p in points] + [""] * len(baselines)),
+        ("fused", [_acc(r["fused_acc"], r["fused_acc_std"], _seeds(r)) for r in rows]),
+        ("worst probe", [_acc(r["worst_probe_acc"], r["worst_probe_acc_std"], _seeds(r)) for r in rows]),
+        ("worst head", [_acc(r["worst_head_acc"], r["worst_head_acc_std"], _seeds(r)) for r in rows]),
+        *_time_columns(rows, joint),
+    ]
+    lines = [title, *_render(labels, " # params / method", columns)]
+    lines.append(
+        "* on the sweep's Pareto front (worst probe against fused accuracy): no other sweep point is as good on both "
+        "and better on one"
+    )
+    lines += machine_note(rows)
+    return "\n".join(lines)
+
+
+def _load(triple: Sequence[float] | None) -> str:
+    return "/".join(f"{x:.2f}" for x in triple) if triple else "n/a"
+
+
+def machine_note(results: Sequence[dict]) -> list[str]:
+    """Lines for under a table: threads, CPUs and load averages (1/5/15 min) before and after, from the results'
+    ``settings``; plus :data:`BUSY_NOTE` when any result says the machine was busy."""
+    if not results:
+        return []
+    settings = [r.get("settings", {}) for r in results]
+    first = settings[0]
+    if not any(k in first for k in MACHINE_SETTINGS):
+        return []
+    threads, cpus = first.get("threads"), first.get("cpu_count")
+    # Several compare/sweep calls (a sweep and its comparison methods): the load before the first and after the last.
+    before = next((s.get("load_before") for s in settings if s.get("load_before")), None)
+    after = next((s.get("load_after") for s in reversed(settings) if s.get("load_after")), None)
+    lines = [
+        f"Machine: {threads if threads is not None else '?'} torch thread(s) on "
+        f"{cpus if cpus is not None else '?'} CPU(s); load average (1/5/15 min) {_load(before)} before, "
+        f"{_load(after)} after"
+    ]
+    if any(s.get("busy") for s in settings):
+        lines.append(BUSY_NOTE)
+    return lines
 
 
 def machine_info() -> dict:
@@ -60,43 +209,186 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1))
 
 
-def plot(path: Path, datasets: dict[str, dict]) -> bool:
-    """Per data set: each modality's head accuracy over epochs per method, and fused accuracy against step time.
-    Returns False (and draws nothing) when matplotlib is not installed."""
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _is_mimo(method: str) -> bool:
+    return method.startswith("mimo")
+
+
+def _method_points(ax, results: dict[str, dict], x, xerr) -> None:
+    """Each method as a point with error bars (std over seeds), MIMO's larger, labelled by name."""
+    for method, r in results.items():
+        ax.errorbar(
+            x(r),
+            r["fused_acc"],
+            xerr=xerr(r) if xerr else None,
+            yerr=r["fused_acc_std"],
+            fmt="D" if _is_mimo(method) else "o",
+            ms=7 if _is_mimo(method) else 5,
+            capsize=3,
+        )
+        ax.annotate(
+            method,
+            (x(r), r["fused_acc"]),
+            fontsize=8,
+            fontweight="bold" if _is_mimo(method) else "normal",
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+
+
+def plot(path: Path, datasets: dict[str, dict]) -> bool:
+    """Per data set: fused accuracy against the worst modality's probe accuracy (up and to the right is better;
+    MIMO's claim is a move to the right at no cost upwards), fused accuracy against step time, and each modality's
+    head accuracy over epochs per method. Returns False (and draws nothing) when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
         return False
-    rows = len(datasets)
-    cols = 1 + max(len(d["modalities"]) for d in datasets.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for row, (dataset, d) in enumerate(datasets.items()):
+    panels = {name: 2 + len(d["modalities"]) for name, d in datasets.items()}
+    cols = min(4, max(panels.values()))
+    rows_of = {name: -(-n // cols) for name, n in panels.items()}
+    fig, axes = plt.subplots(
+        sum(rows_of.values()), cols, figsize=(4.2 * cols, 3.4 * sum(rows_of.values())), squeeze=False
+    )
+    first_row = 0
+    legend_ax = None
+    for dataset, d in datasets.items():
         results = d["results"]
-        for m, modality in enumerate(d["modalities"]):
-            ax = axes[row][m]
-            for method, r in results.items():
-                curve = r["curves"]["head"][m]
-                ax.plot(range(1, len(curve) + 1), curve, label=method, lw=2.2 if method.startswith("mimo") else 1.0)
-            ax.set_title(f"{modality}: head test accuracy", fontsize=10)
-            if m == 0:
-                ax.set_ylabel(dataset.split(" (")[0])
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-        ax = axes[row][len(d["modalities"])]
-        for method, r in results.items():
-            ax.errorbar(1e3 * r["step_time_s"], r["fused_acc"], yerr=r["fused_acc_std"], fmt="o", capsize=3)
-            ax.annotate(
-                method, (1e3 * r["step_time_s"], r["fused_acc"]), fontsize=8, xytext=(3, 3), textcoords="offset points"
-            )
+        cells = [axes[first_row + i // cols][i % cols] for i in range(rows_of[dataset] * cols)]
+        short = dataset.split(" (")[0]
+
+        ax = cells[0]
+        _method_points(ax, results, lambda r: r["worst_probe_acc"], lambda r: r["worst_probe_acc_std"])
+        ax.set_xlabel("worst-modality probe accuracy")
+        ax.set_ylabel(f"{short}\nfused accuracy")
+        ax.set_title("fused vs worst-modality accuracy (up, right: better)", fontsize=10)
+        ax.grid(alpha=0.3)
+
+        ax = cells[1]
+        _method_points(ax, results, lambda r: 1e3 * r["step_time_s"], None)
         ax.set_xlabel("ms per training step")
         ax.set_title("fused accuracy vs time per step", fontsize=10)
         ax.grid(alpha=0.3)
-        for unused in axes[row][len(d["modalities"]) + 1 :]:
+
+        for m, modality in enumerate(d["modalities"]):
+            ax = cells[2 + m]
+            for method, r in results.items():
+                curve = r["curves"]["head"][m]
+                ax.plot(
+                    range(1, len(curve) + 1),
+                    curve,
+                    label=method,
+                    lw=2.2 if _is_mimo(method) else 1.0,
+                    marker="o" if len(curve) == 1 else None,  # one epoch: a point, not an invisible line
+                )
+            ax.set_title(f"{short}, {modality}: head test accuracy", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            legend_ax = legend_ax or ax
+        for unused in cells[panels[dataset] :]:
             unused.axis("off")
-    axes[0][0].legend(fontsize=7)
+        first_row += rows_of[dataset]
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_sweep(
+    path: Path,
+    title: str,
+    points: Sequence[dict],
+    front: Sequence[dict],
+    baselines: dict[str, dict] | None = None,
+) -> bool:
+    """Fused accuracy against the worst modality's probe accuracy: every sweep point (numbered, with a key to its
+    parameters beside the axes) with its spread over seeds, the Pareto front marked and connected, and the
+    comparison methods on the same axes. Returns False (and draws nothing) when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    method = points[0]["method"] if points else "sweep"
+    on_front = [any(_same_point(p, f) for f in front) for p in points]
+    # Every sweep point with its spread over seeds (thin, grey), the front on top in red and connected.
+    if points:
+        ax.errorbar(
+            [p["worst_probe_acc"] for p in points],
+            [p["fused_acc"] for p in points],
+            xerr=[p["worst_probe_acc_std"] for p in points],
+            yerr=[p["fused_acc_std"] for p in points],
+            fmt="o",
+            color="0.55",
+            ms=5,
+            lw=0.6,
+            capsize=2,
+            label=f"{method} sweep",
+        )
+    ordered = sorted(front, key=lambda p: p["worst_probe_acc"])
+    if ordered:
+        ax.plot(
+            [p["worst_probe_acc"] for p in ordered],
+            [p["fused_acc"] for p in ordered],
+            "-o",
+            color="tab:red",
+            ms=7,
+            lw=1.5,
+            label=f"{method} sweep: Pareto front",
+        )
+    # Each point numbered (red on the front); the key beside the axes gives each number's parameters, which as
+    # labels on the points would overlap wherever points are close.
+    for i, (p, f) in enumerate(zip(points, on_front, strict=True)):
+        ax.annotate(
+            str(i + 1),
+            (p["worst_probe_acc"], p["fused_acc"]),
+            fontsize=8,
+            fontweight="bold" if f else "normal",
+            color="tab:red" if f else "0.3",
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    key = [
+        f"{i + 1:>2}{'*' if f else ' '} {param_label(p['params'])}"
+        for i, (p, f) in enumerate(zip(points, on_front, strict=True))
+    ]
+    ax.text(
+        1.02,
+        1.0,
+        f"{method} sweep\n(* on the front)\n\n" + "\n".join(key),
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+        family="monospace",
+    )
+    markers = "s^vP*Xhd<>"
+    for i, (name, r) in enumerate((baselines or {}).items()):
+        ax.errorbar(
+            r["worst_probe_acc"],
+            r["fused_acc"],
+            xerr=r["worst_probe_acc_std"],
+            yerr=r["fused_acc_std"],
+            fmt=markers[i % len(markers)],
+            ms=8,
+            capsize=3,
+            label=f"{name} (default)",
+        )
+    ax.set_xlabel("worst-modality probe accuracy (larger is better)")
+    ax.set_ylabel("fused accuracy (larger is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
