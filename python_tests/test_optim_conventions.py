@@ -458,7 +458,10 @@ def test_cuda_graph_capture_of_a_per_objective_training_step(cuda_device, name):
     assert opt_g.state[params_g[0]]["step"].item() == 8
 
 
-@pytest.mark.parametrize("name, path", [("sgd", "single"), ("adamw", "objectives")])
+# The per-objective path (opt.backward) inside a compiled step is refused with a ValueError that names the single
+# backward as the way (test_optim_torch_conventions.py): its repeated backward through a compiled region was
+# silently wrong once the batch size changed.
+@pytest.mark.parametrize("name, path", [("sgd", "single"), ("adamw", "single")])
 def test_torch_compile_of_a_training_step(name, path):
     torch._dynamo.reset()
     graphs = []

@@ -19,9 +19,17 @@ class MIMOAdamW(MIMOOptimizer):
 
     Args:
         params: parameters or param groups; each group may set lr, betas, eps, weight_decay, amsgrad, maximize,
-            gamma and mu. The parameters are moved into flat buffers (they become views).
+            gamma and mu (and torch.optim.AdamW's other keys; ``decoupled_weight_decay=False`` raises ValueError:
+            Adam's L2 weight decay is not implemented). The parameters are moved into flat buffers (they become
+            views).
         lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
         betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.AdamW``.
+        foreach, fused: accepted for drop-in compatibility and stored in the param groups as torch.optim stores
+            them; the step is always one fused pass per bucket, whatever their values (``fused=True`` together
+            with ``foreach=True`` raises torch.optim's RuntimeError).
+        capturable: accepted and stored likewise; the step is always capturable (it never synchronises with the
+            host, and can be captured in a CUDA graph), whatever its value.
+        differentiable: only False; True raises ValueError (the fused step is not differentiable).
         gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
         mu: temperature of the smoothed max (float or tensor), > 0.
         diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
@@ -42,6 +50,9 @@ class MIMOAdamW(MIMOOptimizer):
     """
 
     _op_name = "mimo_ext::adamw_step_"
+    # As torch.optim.Adam's __setstate__ fills a loaded group that lacks them; AdamW then forces decoupling on.
+    _torch_group_defaults = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
+    _torch_group_forced = {"decoupled_weight_decay": True}
 
     def __init__(
         self,
@@ -53,6 +64,10 @@ class MIMOAdamW(MIMOOptimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         gamma: float | torch.Tensor = 1.0,
         mu: float | torch.Tensor = DEFAULT_MU,
         diagnostics: bool = False,
@@ -66,6 +81,13 @@ class MIMOAdamW(MIMOOptimizer):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            # torch.optim.AdamW's keys, stored as it stores them (state_dict()['param_groups'] then reads as
+            # torch's, and each optimizer loads the other's state_dict); none changes our step (see the docstring).
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
             gamma=gamma,
             mu=mu,
         )
@@ -73,6 +95,13 @@ class MIMOAdamW(MIMOOptimizer):
 
     def _check_group(self, group: dict) -> None:
         super()._check_group(group)
+        if not group.get("decoupled_weight_decay", True):
+            # torch.optim.AdamW honours a param group's decoupled_weight_decay=False (Adam's L2 weight decay, added
+            # to the gradient); the fused kernel implements the decoupled decay only.
+            raise ValueError(
+                f"{type(self).__name__}: decoupled_weight_decay=False (Adam's L2 weight decay) is not supported: "
+                "the fused step implements AdamW's decoupled weight decay only"
+            )
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of floats, got {betas!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -99,12 +100,19 @@ class MIMOOptimizer(torch.optim.Optimizer):
     # torch.amp.GradScaler then hands over `grad_scale` and `found_inf` instead of unscaling .grad itself.
     _step_supports_amp_scaling = True
     _op_name: str = ""
+    # torch.optim's param-group keys that a checkpoint may lack (older torch, older mimo_ext), with the value
+    # torch.optim's __setstate__ gives a group that lacks them; and the keys it sets whatever was loaded.
+    _torch_group_defaults: dict = {}
+    _torch_group_forced: dict = {}
 
     def __init__(
         self, params, defaults: dict, *, diagnostics: bool = False, sync: bool | None = None, process_group=None
     ) -> None:
-        # Distributed: resolved once (see mimo_ext.distributed); None when there is nothing to reduce.
+        _check_torch_flags(type(self).__name__, defaults)
+        # Distributed: resolved once (see mimo_ext.distributed); None when there is nothing to reduce. The arguments
+        # are kept for copies: a pickled copy resolves them again in the process that loads it.
         self._dist_group = resolve_group(sync, process_group)
+        self._dist_args = (sync, process_group)
         self._buckets: list[list[FlatBucket]] = []
         # Written by zero_grad / backward / step, so on an object of its own: torch < 2.12's dynamo cannot trace a
         # setattr on the optimizer itself (AssertionError "... does not have an AttributeMutation mutation_type").
@@ -139,6 +147,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
         check_scalar_or_tensor("lr", group["lr"], minimum=0.0)
         check_scalar_or_tensor("gamma", group["gamma"], minimum=0.0)
         check_scalar_or_tensor("mu", group["mu"], minimum=0.0, strict=True)
+        if group.get("differentiable", False):
+            raise ValueError(_differentiable_message(type(self).__name__))
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         """Names of the state buffers the group's options use, in the operator's order."""
@@ -185,16 +195,17 @@ class MIMOOptimizer(torch.optim.Optimizer):
         for bucket in buckets:
             self._bind_state(group, bucket, loaded=False)
 
-    def _bind_state(self, group: dict, bucket: FlatBucket, *, loaded: bool) -> None:
+    def _bind_state(self, group: dict, bucket: FlatBucket, *, loaded: bool, names: Sequence[str] | None = None) -> None:
         """Makes each parameter's state entries views of the bucket's flat state (allocating it when missing). With
-        loaded=True, the entries torch.optim's load_state_dict put there are copied in first."""
+        loaded=True, the entries torch.optim's load_state_dict (or a copy) put there are copied in first. ``names``:
+        the state buffers to bind (default: those the group's options use)."""
         if not hasattr(bucket, "state"):
             bucket.state = {}
             bucket.step = torch.zeros((), dtype=torch.float32, device=bucket.device)
         first = self.state.get(bucket.params[0], {})
         if loaded and "step" in first:
             bucket.step.copy_(first["step"].reshape(()))
-        for name in self._state_names(group):
+        for name in self._state_names(group) if names is None else names:
             buffer = bucket.state.get(name)
             if buffer is None:
                 buffer = bucket.state[name] = bucket.new_buffer()
@@ -211,7 +222,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         """As torch.optim's, plus which parameters have taken part in a step (host-side flags that decide where a
         parameter first reached later starts its step count), so that a resumed run continues bit-identically."""
         state_dict = super().state_dict()
-        state_dict[_FLAGS_KEY] = [[[b.launched, list(b.stepped)] for b in buckets] for buckets in self._buckets]
+        state_dict[_FLAGS_KEY] = self._step_flags()
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -267,7 +278,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     f"{name}: state_dict's param_groups[{g}] holds {len(saved['params'])} parameters, this optimizer's "
                     f"{len(group['params'])}"
                 )
-            missing = [key for key in self.defaults if key not in saved and key not in ("gamma", "mu")]
+            optional = ("gamma", "mu", *self._torch_group_defaults, *self._torch_group_forced)
+            missing = [key for key in self.defaults if key not in saved and key not in optional]
             if missing:
                 raise ValueError(
                     f"{name}: state_dict's param_groups[{g}] lacks the hyperparameters {missing}: it was written by "
@@ -276,6 +288,12 @@ class MIMOOptimizer(torch.optim.Optimizer):
             merged = {**saved, "params": group["params"]}
             merged.setdefault("gamma", group["gamma"])
             merged.setdefault("mu", group["mu"])
+            # torch.optim's keys that change nothing in our step (foreach, fused, capturable, ...): a checkpoint of an
+            # older torch or of an older mimo_ext lacks some; they get the values torch.optim's __setstate__ gives
+            # them, and AdamW's decoupled_weight_decay is True whatever was saved, as torch.optim.AdamW loads it.
+            for key, value in self._torch_group_defaults.items():
+                merged.setdefault(key, value)
+            merged.update(self._torch_group_forced)
             self._check_group(merged)  # a bad value raises here, naming the hyperparameter
             for i, (pid, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
                 for key, value in saved_state.get(pid, {}).items():
@@ -296,6 +314,69 @@ class MIMOOptimizer(torch.optim.Optimizer):
                     if len(stepped) != len(bucket.params):
                         raise ValueError(f"{name}: state_dict's step flags do not match this optimizer's parameters")
         return {**state_dict, "param_groups": groups}
+
+    # ---- copies: copy.deepcopy, pickle, torch.save / torch.load, copy.copy
+
+    def __getstate__(self) -> dict:
+        """torch.optim's (defaults, state, param_groups), plus what a copy needs to rebuild its flat buckets and step
+        on bit-identically: the per-bucket step flags, the diagnostics switch and the distributed setting.
+
+        torch.optim pickles no more than that; ours must also rebuild the buckets, which hold the parameters' and
+        the state's storage, keep host flags and hooks on the parameters, and cannot be copied as they are: a copy
+        whose parameters were not views of its own flat buffers would update buffers nothing reads."""
+        state = super().__getstate__()
+        state[_COPY_KEY] = {
+            "step_flags": self._step_flags(),
+            "diagnostics": self.diagnostics,
+            "distributed": _DistributedSetting(self._dist_group, *self._dist_args),
+        }
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Ends a copy: the copied parameters (new tensors; the copied model's own when model and optimizer were
+        copied together) are moved into new flat buffers, and the copied state values into state buffers of the
+        same layout, as at construction. Stepping the copy then changes only the copy, by the numbers the original
+        would get.
+
+        torch.optim's load_state_dict also calls __setstate__, with the state and param groups only: that call is
+        passed on unchanged (load_state_dict rebinds the buckets itself)."""
+        extra = state.get(_COPY_KEY)
+        if extra is None:
+            super().__setstate__(state)
+            return
+        super().__setstate__({k: v for k, v in state.items() if k != _COPY_KEY})
+        distributed: _DistributedSetting = extra["distributed"]
+        self._dist_group = distributed.group
+        self._dist_args = (distributed.sync, distributed.process_group)
+        # A copy starts with no gradients (as the parameters torch copies: Parameter copies drop .grad) and so
+        # nothing pending, no diagnostics yet and a fresh lr cache (it is keyed by bucket).
+        self._host = _HostState()
+        self._lr_tensors = {}
+        self.diagnostics = bool(extra["diagnostics"])
+        self._buckets = []
+        for group, flags in zip(self.param_groups, extra["step_flags"], strict=True):
+            buckets = bucket_parameters(group["params"])
+            self._buckets.append(buckets)
+            for bucket, (launched, stepped) in zip(buckets, flags, strict=True):
+                # Every state buffer the original holds, also one its options no longer use (SGD's momentum turned
+                # off): it would be used again, as in the original, if the option were turned back on.
+                names = list(self._state_names(group))
+                for p in bucket.params:
+                    names += [n for n, v in self.state.get(p, {}).items() if n not in names and _is_state_of(v, p)]
+                self._bind_state(group, bucket, loaded=True, names=names)
+                bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
+
+    def __copy__(self):
+        """torch.optim's shallow copy shares the param groups and the state, so both objects step the same
+        parameters; this one shares the flat buckets too (the parameters and the state are views of them) and the
+        pending objectives (as the shared parameters share their ``.grad``)."""
+        new = type(self).__new__(type(self))
+        shared = ("defaults", "state", "param_groups", *_HOST_ATTRIBUTES)
+        torch.optim.Optimizer.__setstate__(new, {key: self.__dict__[key] for key in shared})
+        return new
+
+    def _step_flags(self) -> list:
+        return [[[b.launched, list(b.stepped)] for b in buckets] for buckets in self._buckets]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zeroes the flat gradient buffer that ``.grad`` points into (one operation per bucket) and forgets which
@@ -340,6 +421,16 @@ class MIMOOptimizer(torch.optim.Optimizer):
 
         The losses stay on the device: nothing is synchronised. Only the parameters of this optimizer receive
         gradients from these passes. Afterwards ``.grad`` of every reached parameter is its slice of g0's buffer.
+
+        Not under torch.compile: losses computed by a model compiled with ``torch.compile`` (or inside a compiled
+        function) raise ValueError before any backward runs. The K passes go through the same graph with
+        ``retain_graph=True``, which AOTAutograd's compiled backward does not support: depending on when torch
+        compiled it, it raises its "non-empty donated buffers" error or, with
+        ``torch._functorch.config.donated_buffer=False``, returns wrong gradients for every objective after the
+        first. Use the single backward there: ``mimo_loss(f0, uni_losses, gamma=..., mu=...).backward()`` then
+        ``opt.step()``. The check walks the losses' autograd graph breadth first, from the losses, for the backward
+        node torch.compile inserts (``CompiledFunctionBackward``), over at most 512 nodes (a compiled model is found
+        within a few nodes of its losses; an eager graph costs a bounded walk, not per-parameter work).
         """
         uni = _as_loss_list(uni_losses, "uni_losses")
         self._check_parameters()
@@ -353,6 +444,9 @@ class MIMOOptimizer(torch.optim.Optimizer):
         for m, f in enumerate(uni):
             if f.device != f0.device:
                 raise ValueError(f"uni_losses[{m}] is on {f.device} but f0 is on {f0.device}")
+        compiled = _compiled_region(objectives)
+        if compiled is not None:
+            raise ValueError(_compiled_message(type(self).__name__, compiled))
         buckets = [b for bs in self._buckets for b in bs]
         params = [p for b in buckets for p in b.params if p.requires_grad]
         scale = None
@@ -605,6 +699,62 @@ class MIMOOptimizer(torch.optim.Optimizer):
 
 # state_dict key of the per-bucket step flags (see MIMOOptimizer.state_dict).
 _FLAGS_KEY = "mimo_step_flags"
+# __getstate__ key of what a copy needs besides torch.optim's state (see MIMOOptimizer.__getstate__).
+_COPY_KEY = "_mimo_copy"
+# Attributes of MIMOOptimizer.__init__ besides torch.optim's, shared by a shallow copy.
+_HOST_ATTRIBUTES = ("_dist_group", "_dist_args", "_buckets", "_host", "_lr_tensors", "diagnostics")
+
+
+def _differentiable_message(name: str) -> str:
+    return (
+        f"{name}: differentiable=True is not supported: the fused step updates the flat buffers in place under "
+        "torch.no_grad(), so no gradient flows through it (use torch.optim's optimizer with differentiable=True to "
+        "differentiate through an optimizer step)"
+    )
+
+
+def _check_torch_flags(name: str, defaults: dict) -> None:
+    """torch.optim's constructor checks of foreach / fused / differentiable, before anything is built (torch.optim
+    raises them after the param groups were added, when ours would already have moved the parameters)."""
+    if defaults.get("differentiable", False):
+        raise ValueError(_differentiable_message(name))
+    if defaults.get("fused") and defaults.get("foreach"):
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")  # torch.optim's error, word for word
+
+
+def _is_state_of(value, param: torch.Tensor) -> bool:
+    """Whether a state entry is a per-element buffer of ``param`` (not the step count)."""
+    return isinstance(value, torch.Tensor) and value.shape == param.shape and value.dtype == param.dtype
+
+
+class _DistributedSetting:
+    """The distributed arguments of an optimizer (sync, process_group) and the group they resolved to, as a copy
+    carries them. copy.deepcopy keeps the same group (the copy lives in the same process, with the same ranks).
+    Pickling (pickle, torch.save) cannot carry a process group: the copy resolves sync again in the process that
+    loads it, as the constructor would there, which is only possible for the default group."""
+
+    def __init__(self, group, sync: bool | None, process_group) -> None:
+        self.group = group
+        self.sync = sync
+        self.process_group = process_group
+
+    def __deepcopy__(self, memo) -> _DistributedSetting:
+        return self
+
+    def __reduce__(self):
+        # sync=False never reduces, so the group does not matter; otherwise only the default group can be found again.
+        default = self.process_group is None or (dist.is_initialized() and self.process_group is dist.group.WORLD)
+        if not (default or self.sync is False):
+            raise TypeError(
+                "an optimizer built with process_group= (a group other than the default one) cannot be pickled: a "
+                "process group cannot be carried to another process. Save opt.state_dict() and build the optimizer "
+                "again with its process_group, or copy it with copy.deepcopy in this process"
+            )
+        return (_resolve_distributed_setting, (self.sync,))
+
+
+def _resolve_distributed_setting(sync: bool | None) -> _DistributedSetting:
+    return _DistributedSetting(resolve_group(sync, None), sync, None)
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -624,6 +774,50 @@ def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+# How many autograd nodes _compiled_region visits at most: a torch.compile'd model's region lies a few nodes below
+# its losses (the loss functions), so this only bounds the cost of the walk over a large eager graph (about 0.5 us
+# per node, 0.25 ms in all on a loaded 2-core machine; a small late-fusion model's whole graph costs 20 us).
+_GRAPH_WALK_LIMIT = 512
+
+
+@torch.compiler.disable
+def _compiled_region(losses: Sequence[torch.Tensor]) -> str | None:
+    """The type name of the first backward node of a torch.compile region met in a breadth-first walk of the losses'
+    autograd graph, or None. AOTAutograd runs a compiled region as an autograd.Function named ``CompiledFunction``
+    (so named since torch 2.0; 2.14 still), whose node is ``CompiledFunctionBackward``
+    (``CompiledFunctionBackwardBackward`` for its double backward). At most _GRAPH_WALK_LIMIT nodes are visited,
+    nearest the losses first.
+
+    Run eagerly (never traced): inside a compiled training step it must see the real graph the backward passes
+    will run through."""
+    queue = deque(f.grad_fn for f in losses if f.grad_fn is not None)
+    seen = set()
+    visited = 0
+    while queue and visited < _GRAPH_WALK_LIMIT:
+        node = queue.popleft()
+        if node in seen:
+            continue
+        seen.add(node)
+        visited += 1
+        name = type(node).__name__
+        if name.startswith("CompiledFunction"):
+            return name
+        queue.extend(child for child, _ in node.next_functions if child is not None and child not in seen)
+    return None
+
+
+def _compiled_message(name: str, node: str) -> str:
+    return (
+        f"{name}.backward: the losses come from a torch.compile'd model or function (their autograd graph holds "
+        f"{node}), and the per-objective path is not supported there: it runs one backward per objective through "
+        "the same graph (retain_graph=True), which a backward compiled by torch.compile does not support (torch "
+        "raises its 'non-empty donated buffers' error, or, with torch._functorch.config.donated_buffer=False, gives "
+        "every objective after the first wrong gradients). Use the single backward, which works under "
+        "torch.compile: mimo_ext.mimo_loss(f0, uni_losses, gamma=..., mu=...).backward() with the optimizer's "
+        "gamma and mu, then opt.step()"
+    )
 
 
 def _as_loss_list(losses, name: str) -> list[torch.Tensor]:

@@ -23,6 +23,11 @@ class MIMOSGD(MIMOOptimizer):
             :mod:`mimo_ext.optim.base`).
         lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
         momentum, dampening, weight_decay, nesterov, maximize: as in ``torch.optim.SGD``.
+        foreach, fused: accepted for drop-in compatibility and stored in the param groups as torch.optim stores
+            them; the step is always one fused pass per bucket, whatever their values (``fused=True`` together
+            with ``foreach=True`` raises torch.optim's RuntimeError). The step never synchronises with the host and
+            can be captured in a CUDA graph (torch.optim.SGD has no ``capturable`` argument, nor has this one).
+        differentiable: only False; True raises ValueError (the fused step is not differentiable).
         gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
         mu: temperature of the smoothed max (float or tensor), > 0.
         diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
@@ -40,6 +45,8 @@ class MIMOSGD(MIMOOptimizer):
     """
 
     _op_name = "mimo_ext::sgd_step_"
+    # As torch.optim.SGD's __setstate__ fills a loaded group that lacks them.
+    _torch_group_defaults = {"foreach": None, "differentiable": False, "fused": False}
 
     def __init__(
         self,
@@ -51,6 +58,9 @@ class MIMOSGD(MIMOOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
         gamma: float | torch.Tensor = 1.0,
         mu: float | torch.Tensor = DEFAULT_MU,
         diagnostics: bool = False,
@@ -64,6 +74,11 @@ class MIMOSGD(MIMOOptimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
             maximize=maximize,
+            # torch.optim.SGD's keys, stored as it stores them (state_dict()['param_groups'] then reads as torch's,
+            # and each optimizer loads the other's state_dict); none changes our step (see the docstring).
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
             gamma=gamma,
             mu=mu,
         )
