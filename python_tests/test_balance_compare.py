@@ -31,23 +31,6 @@ def tiny_mfeat():
     return [x[keep] for x in xs], y[keep]
 
 
-@pytest.fixture(scope="module")
-def few_rows():
-    xs, y = load_mfeat(("pix", "fou"))
-    keep = torch.arange(0, 2000, 40)  # 50 rows, 5 per class
-    return [x[keep] for x in xs], y[keep]
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    """Makes building a model fail the test: a bad input must be refused before any training."""
-
-    def trained(*args, **kwargs):
-        raise AssertionError("a model was built: the input was not checked before training")
-
-    monkeypatch.setattr(compare_module, "late_fusion_for", trained)
-
-
 def accuracies(result: dict) -> dict:
     """The deterministic part of one method's result (times, memory and the machine's load vary)."""
     return {k: result[k] for k in ACCURACIES} | {

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mimo_ext.balance import compare, pareto_front, sweep
-from mimo_ext.datasets import load_mfeat
 
 sweep_module = importlib.import_module("mimo_ext.balance.sweep")  # the package's `sweep` is the function
 compare_module = importlib.import_module("mimo_ext.balance.compare")
@@ -19,23 +18,6 @@ compare_module = importlib.import_module("mimo_ext.balance.compare")
 QUICK = dict(seeds=[0], epochs=1, batch_size=16, probe_steps=10, measure_memory=False)
 VARYING = {"step_time_s", "step_time_split_s", "peak_memory_bytes"}  # times, memory and the machine's load vary
 LOAD = {"load_before", "load_after", "busy"}
-
-
-@pytest.fixture(scope="module")
-def few_rows():
-    xs, y = load_mfeat(("pix", "fou"))
-    keep = torch.arange(0, 2000, 40)  # 50 rows, 5 per class
-    return [x[keep] for x in xs], y[keep]
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    """Makes building a model fail the test: a bad sweep must be refused before any point trains."""
-
-    def trained(*args, **kwargs):
-        raise AssertionError("a model was built: the sweep was not checked before training")
-
-    monkeypatch.setattr(compare_module, "late_fusion_for", trained)
 
 
 @pytest.fixture
