@@ -56,12 +56,21 @@ class StepDiagnostics:
 
 @dataclass
 class _PendingObjectives:
-    """What ``backward`` leaves for the next ``step``."""
+    """What the ``backward`` calls since the last ``zero_grad`` / ``step`` leave for the next ``step``."""
 
-    uni_losses: torch.Tensor  # [M] detached, unscaled, float64
-    reached: dict[int, list[bool]]  # per bucket id: any objective reached the parameter
+    uni_loss_sum: torch.Tensor  # [M] detached, unscaled, float64: the sum over the calls
+    calls: int  # how many backward calls the sum holds
+    reached: dict[int, list[bool]]  # per bucket id: any objective of any call reached the parameter
     num_objectives: int
     loss_scale: torch.Tensor | None  # the GradScaler scale the losses were multiplied by
+    grad_scaler: torch.amp.GradScaler | None = None  # to tell, when clipping, whether g0 was unscaled in place
+    clip: torch.Tensor | None = None  # the clip_grad_norm_ factor the step's coefficients are multiplied by
+
+    @property
+    def uni_losses(self) -> torch.Tensor:
+        # The weights come from the mean of the calls' losses: k calls on identical micro-batches then blend the
+        # summed gradients with one call's weights, i.e. exactly k times one call's blended gradient.
+        return self.uni_loss_sum / self.calls
 
 
 class _HostState:
@@ -69,6 +78,9 @@ class _HostState:
 
     def __init__(self) -> None:
         self.pending: _PendingObjectives | None = None
+        # The number of objectives the per-objective buffers hold gradients of since the last zero_grad (None:
+        # nothing accumulated): a backward call with another number would add unrelated gradients together.
+        self.objectives: int | None = None
         self.last_diagnostics: StepDiagnostics | None = None
 
 
@@ -389,6 +401,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
                 if any(views):
                     bucket.grad_buffers[0].zero_()
+                # The other objectives' buffers accumulate over opt.backward calls, as .grad does over backward
+                # passes: only zero_grad clears them (they exist only once the per-objective path was used).
+                for buffer in bucket.grad_buffers[1:]:
+                    buffer.zero_()
+                bucket.guard_base = None
                 for i, p in enumerate(bucket.params):
                     if p.grad is not None and not views[i]:
                         if set_to_none:
@@ -397,6 +414,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
                             p.grad.zero_()
                 bucket.touched = [False] * len(bucket.params)
         self._host.pending = None
+        self._host.objectives = None
 
     # ---- the per-objective path
 
@@ -410,6 +428,21 @@ class MIMOOptimizer(torch.optim.Optimizer):
     ) -> None:
         """Runs one backward pass per objective, each accumulating into its own flat gradient buffer; the next
         ``step()`` blends them as ``g0 + gamma * sum_m softmax(f / mu)_m g_m`` inside its fused kernel.
+
+        Accumulation, as ``.grad`` accumulates: only ``zero_grad()`` zeroes the buffers; each call adds its
+        gradients to them (gradient accumulation over micro-batches: call it once per micro-batch, then step).
+        Other losses' ``.backward()`` (an auxiliary loss), before or after this call, accumulate into g0's buffer
+        (``.grad``; the fusion objective, coefficient 1). The weights ``softmax(f / mu)`` come from the mean of the
+        calls' uni-modal losses since the last ``step()`` / ``zero_grad()`` (unscaled under a GradScaler; under
+        torch.distributed each call's losses are averaged over the ranks as it runs), so k calls on identical
+        micro-batches give exactly k times one call's blended gradient. A parameter is updated when any call or
+        other backward reached it. Every call since ``zero_grad()`` must pass the same number of uni-modal losses
+        (ValueError otherwise). ``.grad`` None means no gradient for any objective (e.g. after ``model.zero_grad()``).
+
+        Clipping: use ``opt.clip_grad_norm_`` (it clips the blended gradient). An in-place write to ``.grad``
+        after this call (``torch.nn.utils.clip_grad_norm_``, ``p.grad.mul_``) would change g0 alone: the next
+        ``backward``, ``clip_grad_norm_`` or ``step`` raises ValueError for it (not with a GradScaler, which writes
+        ``.grad`` in place itself).
 
         Args:
             f0: the fusion loss, a 0-dim tensor.
@@ -447,15 +480,25 @@ class MIMOOptimizer(torch.optim.Optimizer):
         compiled = _compiled_region(objectives)
         if compiled is not None:
             raise ValueError(_compiled_message(type(self).__name__, compiled))
+        if self._host.objectives is not None and self._host.objectives != len(objectives):
+            raise ValueError(
+                f"{type(self).__name__}.backward: this call has {len(objectives)} objectives (f0 and {len(uni)} "
+                f"uni-modal losses) but the gradients accumulated since the last zero_grad() are of "
+                f"{self._host.objectives}: call opt.zero_grad() before changing the number of losses"
+            )
+        self._check_grad0_unchanged("backward")
         buckets = [b for bs in self._buckets for b in bs]
         params = [p for b in buckets for p in b.params if p.requires_grad]
         scale = None
         if grad_scaler is not None and grad_scaler.is_enabled():
             scale = grad_scaler.scale(torch.ones((), device=f0.device, dtype=torch.float32))
-        reached = {id(b): [False] * len(b.params) for b in buckets}
+        for b in buckets:
+            self._prepare_accumulation(b, len(objectives))
+        # Reach is the union over this call's passes, the earlier calls and other losses' backward passes since
+        # zero_grad (b.touched holds the last two here).
+        reached = {id(b): list(b.touched) for b in buckets}
         for k, f in enumerate(objectives):
             for b in buckets:
-                b.grad_buffer(k).zero_()
                 b.point_grads_at(k)
                 b.touched = [False] * len(b.params)
             if f.requires_grad and params:
@@ -466,14 +509,148 @@ class MIMOOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
             if self._dist_group is not None:
+                # Once per call: the mean over the ranks of each call's losses; their mean over the calls is then
+                # the global mean, as every rank makes the same number of calls.
                 uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
+        pending = self._host.pending
+        if pending is None:
+            pending = _PendingObjectives(uni_values, 1, reached, len(objectives), scale, grad_scaler)
+        else:
+            pending.uni_loss_sum = pending.uni_loss_sum + uni_values
+            pending.calls += 1
+            pending.reached = reached
+            if pending.loss_scale is None:
+                pending.loss_scale, pending.grad_scaler = scale, grad_scaler
         for b in buckets:
             b.touched = list(reached[id(b)])
             for i, p in enumerate(b.params):
                 p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
             if scale is not None:
-                self._flag_non_finite(b, len(objectives), uni_values)
-        self._host.pending = _PendingObjectives(uni_values, reached, len(objectives), scale)
+                self._flag_non_finite(b, len(objectives), pending.uni_losses)
+            b.start_guard()
+        self._host.pending = pending
+        self._host.objectives = len(objectives)
+
+    @staticmethod
+    def _prepare_accumulation(bucket: FlatBucket, num_objectives: int) -> None:
+        """Before a backward call adds to the K buffers: a parameter whose ``.grad`` is a view of g0's buffer holds
+        its accumulated gradients there and in the other buffers. One whose ``.grad`` is None has none (torch's
+        meaning of None: e.g. model.zero_grad() or a parameter no earlier call reached), so its slices are zeroed;
+        one whose ``.grad`` is another tensor (another loss's backward created it) has that as its g0."""
+        for k in range(num_objectives):
+            bucket.grad_buffer(k)
+        stale, grads = [], []
+        for i, p in enumerate(bucket.params):
+            if bucket.is_grad_view(i):
+                continue
+            stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
+            if p.grad is not None:
+                grads.append(i)
+        if stale:
+            with torch.no_grad():
+                torch._foreach_zero_(stale)
+        MIMOOptimizer._fold_grad0(bucket, grads)
+
+    @staticmethod
+    def _fold_grad0(bucket: FlatBucket, indices: list[int] | None = None) -> None:
+        """Copies a ``.grad`` that is not a view of g0's buffer (another loss's backward created it after the
+        parameter's .grad was None, or create_graph replaced it) into the buffer, and makes .grad that view."""
+        if indices is None:
+            indices = [i for i, p in enumerate(bucket.params) if p.grad is not None and not bucket.is_grad_view(i)]
+        with torch.no_grad():
+            for i in indices:
+                view = bucket.view(bucket.grad_buffers[0], i)
+                view.copy_(bucket.params[i].grad)
+                bucket.params[i].grad = view
+                bucket.touched[i] = True
+
+    def _check_grad0_unchanged(self, where: str) -> None:
+        """Raises ValueError when g0's buffer (``.grad``) was written in place since opt.backward other than by
+        autograd accumulation: e.g. torch.nn.utils.clip_grad_norm_ or p.grad.mul_, which scale g0 alone and so
+        silently shift the balance between the objectives. Not checked with a GradScaler: the scaler itself writes
+        .grad in place (unscale_, its inf check), which the version counter cannot tell from another write."""
+        pending = self._host.pending
+        if pending is None or pending.loss_scale is not None:
+            return
+        for bs in self._buckets:
+            for b in bs:
+                if b.guard_broken():
+                    raise ValueError(
+                        f"{type(self).__name__}.{where}: .grad was modified in place after opt.backward (e.g. "
+                        "torch.nn.utils.clip_grad_norm_ or p.grad.mul_). On the per-objective path .grad is only "
+                        "the fusion objective's gradient g0, so that changes g0 alone and shifts the balance "
+                        "between the objectives. Use opt.clip_grad_norm_(max_norm), which clips the blended "
+                        "gradient the step uses"
+                    )
+
+    @torch.no_grad()
+    def clip_grad_norm_(
+        self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    ) -> torch.Tensor:
+        """Clips the gradient the next ``step()`` will use, as ``torch.nn.utils.clip_grad_norm_`` clips ``.grad``:
+        returns its total norm over all parameters of this optimizer (a device tensor: nothing is synchronised
+        unless error_if_nonfinite=True) and scales it by ``min(1, max_norm / (total_norm + 1e-6))``.
+
+        On the single-backward path that gradient is ``.grad`` and this is torch's clip_grad_norm_. On the
+        per-objective path (after ``opt.backward``) it is the blended gradient ``sum_k c_k g_k`` with the step's
+        coefficients (after unscaling when a GradScaler is in play: call ``scaler.unscale_(opt)`` first or not, the
+        norm is of the unscaled gradient); the factor is kept on the device and multiplies the step's coefficients,
+        so the step applies exactly the clipped blended gradient. ``torch.nn.utils.clip_grad_norm_`` there would see
+        and scale g0 alone (``.grad``). Not supported on the per-objective path under torch.distributed, where the
+        gradients are averaged over the ranks only inside step()."""
+        pending = self._host.pending
+        if pending is None:
+            params = [p for group in self.param_groups for p in group["params"]]
+            return torch.nn.utils.clip_grad_norm_(
+                params, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
+        if self._dist_group is not None:
+            raise ValueError(
+                f"{type(self).__name__}.clip_grad_norm_ is not supported on the per-objective path under "
+                "torch.distributed: the gradients are averaged over the ranks inside step(), so no rank holds the "
+                "global blended gradient before it"
+            )
+        self._check_grad0_unchanged("clip_grad_norm_")
+        norm_type = float(norm_type)
+        max_norm = float(max_norm)
+        grad_scale = None
+        if pending.loss_scale is not None and not _unscaled(pending.grad_scaler, self):
+            grad_scale = pending.loss_scale  # the scale step() will get from GradScaler.step, g0 is still scaled
+        norms = []
+        out_dtype = None
+        first_device = None
+        for group, buckets in zip(self.param_groups, self._buckets, strict=True):
+            weights = self._weights(group, pending)
+            for bucket in buckets:
+                self._fold_grad0(bucket)
+                if not any(bucket.touched):
+                    continue
+                coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
+                if grad_scale is not None:
+                    coefficients = coefficients / grad_scale.to(bucket.device, coefficients.dtype)
+                grads = bucket.grad_buffers[: pending.num_objectives]
+                # One read pass over the K buffers: unreached parameters' slices are zero in every buffer.
+                blended = grads[0].to(coefficients.dtype) * coefficients[0]
+                for g, c in zip(grads[1:], coefficients[1:], strict=True):
+                    blended.addcmul_(g, c)
+                norms.append(torch.linalg.vector_norm(blended, norm_type))
+                out_dtype = out_dtype or bucket.dtype
+                first_device = first_device or bucket.device
+                bucket.start_guard()  # the folds above are ours
+        if not norms:
+            return torch.tensor(0.0)  # as torch's for no gradients
+        total = torch.linalg.vector_norm(torch.stack([n.to(first_device, torch.float64) for n in norms]), norm_type)
+        total = total.to(out_dtype if out_dtype.is_floating_point else torch.float32)
+        if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
+            raise RuntimeError(
+                f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot be "
+                "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+                "`error_if_nonfinite=False`"
+            )
+        # torch's factor, in torch's order of operations (computed in the norm's dtype).
+        factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        pending.clip = factor if pending.clip is None else pending.clip * factor
+        return total
 
     def _check_parameters(self) -> None:
         """Raises ValueError when a parameter's ``.data`` no longer views the flat buffer (see FlatBucket)."""
@@ -532,6 +709,7 @@ class MIMOOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if not isinstance(found_inf, torch.Tensor):
             found_inf = None  # GradScaler passes 0 when no .grad was there to check
+        self._check_grad0_unchanged("step")
         pending, self._host.pending = self._host.pending, None
         stats_sum: torch.Tensor | None = None
         weights_report: torch.Tensor | None = None
@@ -576,7 +754,11 @@ class MIMOOptimizer(torch.optim.Optimizer):
             if grad_scale is not None:
                 factor = factor * grad_scale.to(device, dtype)
             tail = tail * factor
-        return torch.cat([torch.ones(1, device=device, dtype=dtype), tail.to(dtype)])
+        coefficients = torch.cat([torch.ones(1, device=device, dtype=dtype), tail.to(dtype)])
+        if pending.clip is not None:
+            # clip_grad_norm_'s factor scales every objective alike: the step applies the clipped blended gradient.
+            coefficients = coefficients * pending.clip.to(device, dtype, non_blocking=device.type == "cuda")
+        return coefficients
 
     def _single_grads(self, bucket: FlatBucket) -> tuple[list[torch.Tensor], list[bool]]:
         """The K = 1 path: .grad in the flat buffer 0 (copied there once when it is not already a view of it)."""
@@ -615,8 +797,12 @@ class MIMOOptimizer(torch.optim.Optimizer):
 
     def _step_bucket(self, group, bucket, pending, weights, grad_scale, found_inf) -> torch.Tensor | None:
         if pending is not None:
+            # Another loss's backward after opt.backward may have given a parameter a .grad of its own (it was
+            # None): it is g0's too. Accumulations into the views are in the buffer already.
+            self._fold_grad0(bucket)
+            bucket.guard_base = None
             grads = bucket.grad_buffers[: pending.num_objectives]
-            reached = pending.reached[id(bucket)]
+            reached = [r or t for r, t in zip(pending.reached[id(bucket)], bucket.touched, strict=True)]
             coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
             if self._dist_group is not None:
                 grads, coefficients = self._reduce_blended(bucket, grads, coefficients)
@@ -755,6 +941,15 @@ class _DistributedSetting:
 
 def _resolve_distributed_setting(sync: bool | None) -> _DistributedSetting:
     return _DistributedSetting(resolve_group(sync, None), sync, None)
+
+
+def _unscaled(scaler: torch.amp.GradScaler | None, optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` has run since its last update (g0, i.e. .grad, is then unscaled).
+    GradScaler keeps this in its per-optimizer state; its stage enum has been named so since torch 1.6."""
+    if scaler is None:
+        return False
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer))
+    return state is not None and getattr(state.get("stage"), "name", None) == "UNSCALED"
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:

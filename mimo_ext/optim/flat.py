@@ -51,14 +51,27 @@ class FlatBucket:
         # reached for the first time after the bucket's first step gets a step count of its own for that step.
         self.stepped = [False] * len(params)
         self.launched = False
+        # The in-place-write guard of the per-objective path (see MIMOOptimizer._check_grad0_unchanged): after
+        # opt.backward, g0's buffer may change only by autograd accumulating into it (another loss's backward). The
+        # buffer's version counter (shared by every view of it) is recorded, and the hooks count the accumulations
+        # that land in it, each of which bumps the counter once; anything beyond that was written by someone else.
+        self.guard_base: torch.Tensor | None = None
+        self.guard_version = 0
+        self.guard_accumulations = 0
         # Frozen parameters (requires_grad=False) take part in the layout but never receive a gradient.
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params) if p.requires_grad
         ]
 
     def _make_hook(self, index: int):
-        def mark_touched(_param: torch.Tensor) -> None:
+        def mark_touched(param: torch.Tensor) -> None:
             self.touched[index] = True
+            if self.guard_base is not None:
+                grad = param.grad
+                # A view's _base is the root buffer (Python identity is kept while the buffer lives). A .grad that
+                # autograd created anew (it was None) is not in the buffer and did not bump its counter.
+                if grad is not None and grad._base is self.guard_base:
+                    self.guard_accumulations += 1
 
         return mark_touched
 
@@ -94,6 +107,18 @@ class FlatBucket:
         return grad.data_ptr() == self.grad_buffers[0].data_ptr() + self.offsets[index] * grad.element_size() and (
             grad.shape == self.params[index].shape and grad.is_contiguous()
         )
+
+    def start_guard(self) -> None:
+        """Records g0's buffer version: from now on only counted autograd accumulations may change it."""
+        self.guard_base = self.grad_buffers[0]
+        self.guard_version = self.guard_base._version
+        self.guard_accumulations = 0
+
+    def guard_broken(self) -> bool:
+        """Whether g0's buffer was written in place, other than by autograd accumulation, since start_guard."""
+        if self.guard_base is None:
+            return False
+        return self.guard_base._version != self.guard_version + self.guard_accumulations
 
     def point_grads_at(self, k: int) -> None:
         """Makes every parameter's ``.grad`` its slice of gradient buffer k (backward then accumulates there)."""
