@@ -2,7 +2,8 @@
 in its --dry-run): each op on odd sizes, aligned and misaligned buffers, every path of its kernel (blend with
 K <= 16 and K > 16 through the partial-sum passes, in place with base among the grads; smooth_max's short and
 long rows; both step ops with and without statistics, grad_scale and found_inf, K <= 4 and K > 4), each result
-checked against a float64 reference so that a sanitizer run also proves the values.
+checked against a float64 reference so that a sanitizer run also proves the values. The references run on the
+CPU, so that the device runs little but the ops' own kernels and the copies (each launch is slow under a sanitizer).
 
     python .ci/gpu_cases.py [--device cuda]
 """
@@ -42,11 +43,13 @@ def blend_cases(device, generator):
             for offset in (0, 1):
                 base, *grads = buffers(N, k, dtype, device, offset, generator)
                 weights = torch.rand(k, generator=generator, dtype=torch.float64).to(device)
-                want = base.double() + 0.7 * sum(w * g.double() for w, g in zip(weights, grads, strict=True))
+                exact = [t.to("cpu", torch.float64, copy=True) for t in (base, *grads)]
+                want = exact[0] + 0.7 * sum(w * g for w, g in zip(weights.cpu(), exact[1:], strict=True))
                 check(f"blend {dtype} K={k} offset={offset}", mimo_ext.blend(base, grads, weights, 0.7), want, dtype)
                 # In place with base itself among the grads (more than 16 times when K > 16).
                 grads_with_base = [base if i % 2 == 0 else g for i, g in enumerate(grads)]
-                want = base.double() + 0.7 * sum(w * g.double() for w, g in zip(weights, grads_with_base, strict=True))
+                exact_with_base = [exact[0] if i % 2 == 0 else g for i, g in enumerate(exact[1:])]
+                want = exact[0] + 0.7 * sum(w * g for w, g in zip(weights.cpu(), exact_with_base, strict=True))
                 got = mimo_ext.blend_(base, grads_with_base, weights, 0.7)
                 check(f"blend_ {dtype} K={k} offset={offset}", got, want, dtype)
 
@@ -85,17 +88,19 @@ def step_cases(device, generator):
                             step = torch.tensor([3.0], device=device)
                             scale = None if found_inf is None else torch.tensor([4.0], device=device)
                             flag = None if found_inf is None else torch.tensor([found_inf], device=device)
-                            # The truth: the reference in float64 on copies of the inputs.
-                            exact = [t.double() for t in (param, *states)]
-                            exact_step = step.clone()
+                            # The truth: the reference in float64 on CPU copies of the inputs.
+                            # Copies (copy=True): on the CPU .cpu().double() of a float64 tensor is the tensor
+                            # itself, and the reference would update the op's own inputs.
+                            exact = [t.to("cpu", torch.float64, copy=True) for t in (param, *states)]
+                            exact_step = step.to("cpu", copy=True)
                             want_stats = reference(
                                 *exact,
-                                [g.double() for g in grads],
-                                coefficients,
-                                lr,
+                                [g.cpu().double() for g in grads],
+                                coefficients.cpu(),
+                                lr.cpu(),
                                 exact_step,
-                                scale,
-                                flag,
+                                None if scale is None else scale.cpu(),
+                                None if flag is None else flag.cpu(),
                                 *options.values(),
                                 stats,
                             )

@@ -143,7 +143,7 @@ def bench_blend(device: str, preset: dict, ceiling: float, with_compile: bool, t
                     # Each round times every candidate back to back, so one round's ratio is a paired comparison;
                     # their spread says how far this machine's noise reaches.
                     compile_ratios = (
-                        [c / o for c, o in zip(rounds["torch.compile"], rounds[ours_name])]
+                        [c / o for c, o in zip(rounds["torch.compile"], rounds[ours_name], strict=True)]
                         if "torch.compile" in rounds
                         else None
                     )

@@ -293,7 +293,9 @@ def mimo_optimizer_path(
     (bucket,) = opt._buckets[0]
     for k, g in enumerate(grads):
         bucket.grad_buffer(k).copy_(g)
-    pending = _PendingObjectives(uni_losses, {id(bucket): [True] * len(params)}, K, None)
+    pending = _PendingObjectives(
+        uni_loss_sum=uni_losses, calls=1, reached={id(bucket): [True] * len(params)}, num_objectives=K, loss_scale=None
+    )
 
     def step():
         opt._pending = pending
