@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..datasets import MFEAT_VIEWS, load_mfeat
-from .compare import DEFAULT_METHODS, compare
+from .compare import DEFAULT_METHODS, compare, repeated_values
 from .data import load_av_digits
 from .methods import METHODS, make_method
 from .report import format_sweep_table, format_table, machine_info, plot, plot_sweep, write_json
@@ -125,15 +125,6 @@ def _sweep_axis(text: str) -> tuple[str, list[float]]:
     if len(set(parsed)) != len(parsed):
         raise argparse.ArgumentTypeError(f"{key}: a value is repeated (in {text!r})")
     return key, parsed
-
-
-def _duplicates(values: Sequence) -> list:
-    seen, dup = set(), []
-    for v in values:
-        if v in seen and v not in dup:
-            dup.append(v)
-        seen.add(v)
-    return dup
 
 
 def _check_writable(folder: Path) -> str | None:
@@ -238,7 +229,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
         ("--methods", args.methods),
         ("--seeds", args.seeds),
     ):
-        dup = _duplicates(values)
+        dup = repeated_values(values)
         if dup:
             p.error(f"argument {option}: repeated: {' '.join(map(str, dup))}")
     if "mfeat" in args.datasets and len(args.views) < 2:
@@ -246,7 +237,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
     if args.sweep:
         args.sweep_method = args.sweep_method or "mimo"
         keys = [k for k, _ in args.sweep]
-        dup = _duplicates(keys)
+        dup = repeated_values(keys)
         if dup:
             p.error(f"argument --sweep: key given twice: {' '.join(dup)}")
         # Every combination must build the method: unknown keys and out-of-range values fail here, not mid-sweep.

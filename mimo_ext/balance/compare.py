@@ -269,8 +269,8 @@ def _busy(load_before: list[float] | None, load_after: list[float] | None, threa
     return any(load is not None and load > limit for load in others)
 
 
-def _duplicates(names: Sequence[str]) -> list[str]:
-    """The names that occur more than once, in order of first occurrence."""
+def repeated_values(names: Sequence) -> list:
+    """The values that occur more than once, in order of first occurrence (also the CLI's check of its lists)."""
     counts = collections.Counter(names)
     return [n for n in dict.fromkeys(names) if counts[n] > 1]
 
@@ -424,13 +424,14 @@ def compare(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
-    duplicates = _duplicates(methods)
+    duplicates = repeated_values(methods)
     if duplicates:
         raise ValueError(f"duplicate method name(s) {duplicates}: each method must be listed once")
     if not methods or not seeds:
         raise ValueError("methods and seeds must not be empty")
-    if _duplicates(list(seeds)):
-        raise ValueError(f"duplicate seed(s) {_duplicates(list(seeds))}: each seed must be listed once")
+    duplicates = repeated_values(seeds)
+    if duplicates:
+        raise ValueError(f"duplicate seed(s) {duplicates}: each seed must be listed once")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     classes = num_classes if num_classes is not None else int(labels.max()) + 1

@@ -220,6 +220,13 @@ def _pyplot():
     return plt
 
 
+def _save_figure(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _is_mimo(method: str) -> bool:
     return method.startswith("mimo")
 
@@ -299,10 +306,7 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
         first_row += rows_of[dataset]
     if legend_ax is not None:
         legend_ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
     return True
 
 
@@ -389,8 +393,5 @@ def plot_sweep(
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
     return True
