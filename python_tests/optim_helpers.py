@@ -146,3 +146,17 @@ def assert_bit_identical(before: list[torch.Tensor], after: list[torch.Tensor]) 
     for i, (a, b) in enumerate(zip(before, after, strict=True)):
         assert a.dtype == b.dtype and a.shape == b.shape, (i, a.dtype, b.dtype, a.shape, b.shape)
         assert torch.equal(bits(a), bits(b)), f"tensor {i} differs"
+
+
+def assert_parameters_in_flat_buffers(opt) -> set[int]:
+    """Checks that each parameter of ``opt`` lives at its offset in its bucket's flat buffer (so one launch steps
+    them all), and returns the flat buffers' addresses."""
+    addresses = set()
+    for buckets in opt._buckets:
+        for bucket in buckets:
+            base = bucket.param_buffer.data_ptr()
+            addresses.add(base)
+            for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+                if p.numel():
+                    assert p.data_ptr() == base + offset * p.element_size()
+    return addresses

@@ -20,7 +20,16 @@ import pickle
 import pytest
 import torch
 import torch.distributed as dist
-from optim_helpers import assert_bit_identical, clone_model, make_batch, make_model, objectives, snapshot, threads
+from optim_helpers import (
+    assert_bit_identical,
+    assert_parameters_in_flat_buffers,
+    clone_model,
+    make_batch,
+    make_model,
+    objectives,
+    snapshot,
+    threads,
+)
 from torch import nn
 
 import mimo_ext
@@ -326,11 +335,9 @@ def test_copy_steps_as_the_original_and_as_torch(device, name, kind, path):
     shell = make_model(seed=99, device=device)
     copied = Trainee(copy_model, copy_opt, shell)
     torch_copied = Trainee(torch_copy_model, torch_copy_opt, shell)
-    # The copy's parameters are new tensors, views of flat buffers of its own; copied with the model, they are the
-    # copied model's parameters.
-    for group, copy_group in zip(opt.param_groups, copy_opt.param_groups, strict=True):
-        storages = {p.untyped_storage().data_ptr() for p in copy_group["params"]}
-        assert len(storages) == 1 and storages.isdisjoint({p.untyped_storage().data_ptr() for p in group["params"]})
+    # The copy's parameters are new tensors in flat buffers of its own; copied with the model, they are the copied
+    # model's parameters.
+    assert assert_parameters_in_flat_buffers(copy_opt).isdisjoint(assert_parameters_in_flat_buffers(opt))
     if copy_model is not None:
         assert all(a is b for a, b in zip(copy_model.parameters(), copy_opt.param_groups[0]["params"], strict=True))
     assert_bit_identical(snapshot(opt), snapshot(copy_opt))
@@ -355,10 +362,10 @@ def test_copy_steps_as_the_original_and_as_torch(device, name, kind, path):
 
 
 @pytest.mark.parametrize("kind", COPY_KINDS[1:])
-def test_copy_keeps_step_flags_groups_and_dtypes(kind):
+def test_copy_keeps_per_parameter_step_counts_groups_and_dtypes(kind):
     # Two param groups, a float64 bucket beside a float32 one, lr as a tensor, and a parameter ("late") that no
-    # objective reached before the copy, in a bucket that has stepped: when first reached it starts an AdamW step
-    # count of its own, as torch.optim's per-parameter count would, so the copy must know which parameters stepped.
+    # objective reached before the copy, in a bucket that has stepped: its step count is still 0, as torch.optim's
+    # per-parameter count would be, and the copy must keep each parameter's count.
     torch.manual_seed(0)
     model = nn.ModuleDict({"a": nn.Linear(4, 3), "late": nn.Linear(4, 3, bias=False), "b": nn.Linear(3, 2).double()})
     groups = [
@@ -381,7 +388,7 @@ def test_copy_keeps_step_flags_groups_and_dtypes(kind):
 
     for i in range(2):
         step(model, opt, i, reach_late=False)
-    assert opt._buckets[0][0].stepped == [True, True, False]
+    assert [opt.state[p]["step"].item() for p in opt._buckets[0][0].params] == [2, 2, 0]
     copy_model, copy_opt = copy_of(kind, model, opt)
     for o, m in [(copy_opt, copy_model), (opt, model)]:
         for i in range(2, 5):

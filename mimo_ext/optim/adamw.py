@@ -37,9 +37,8 @@ class MIMOAdamW(MIMOOptimizer):
             per-objective path takes the weights from the ranks' mean losses and all-reduces the blended gradient
             once per bucket; use it on a model that is not wrapped in DistributedDataParallel (see README).
 
-    The step count is kept per bucket (param group, device, dtype) as a float32 device tensor, so the bias
-    correction needs no host value. A parameter first reached after the bucket's first step starts at 0, as in
-    torch.optim; one skipped on some later steps then uses its bucket's count (torch.optim counts per parameter).
+    The step count is kept per parameter, as in torch.optim (see README "Step counts, per parameter"), as float32
+    device tensors, so the bias correction needs no host value.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)

@@ -208,60 +208,45 @@ class MIMOOptimizer(torch.optim.Optimizer):
             self._bind_state(group, bucket, loaded=False)
 
     def _bind_state(self, group: dict, bucket: FlatBucket, *, loaded: bool, names: Sequence[str] | None = None) -> None:
-        """Makes each parameter's state entries views of the bucket's flat state (allocating it when missing). With
-        loaded=True, the entries torch.optim's load_state_dict (or a copy) put there are copied in first. ``names``:
-        the state buffers to bind (default: those the group's options use)."""
-        if not hasattr(bucket, "state"):
-            bucket.state = {}
-            bucket.step = torch.zeros((), dtype=torch.float32, device=bucket.device)
-        first = self.state.get(bucket.params[0], {})
-        if loaded and "step" in first:
-            bucket.step.copy_(first["step"].reshape(()))
-        for name in self._state_names(group) if names is None else names:
-            buffer = bucket.state.get(name)
-            if buffer is None:
-                buffer = bucket.state[name] = bucket.new_buffer()
-            for i, p in enumerate(bucket.params):
-                view = bucket.view(buffer, i)
-                old = self.state.get(p, {}).get(name)
-                if loaded and old is not None:
-                    view.copy_(old)
-                self.state[p][name] = view
-        for p in bucket.params:
-            self.state[p]["step"] = bucket.step
+        """Binds the bucket's flat state to ``self.state`` (see FlatBucket.bind_state); ``names``: the state buffers
+        to bind (default: those the group's options use)."""
+        bucket.bind_state(self.state, self._state_names(group) if names is None else names, loaded=loaded)
 
     def state_dict(self) -> dict:
-        """As torch.optim's, plus which parameters have taken part in a step (host-side flags that decide where a
-        parameter first reached later starts its step count), so that a resumed run continues bit-identically."""
+        """torch.optim's format: per parameter its state buffers and its own ``step`` count (a 0-dim float32 tensor on
+        the parameters' device, a copy), so a checkpoint loads into torch.optim.AdamW / SGD and back with identical
+        next steps. Parameters that share a count in this optimizer get one tensor each here, as in torch.optim."""
         state_dict = super().state_dict()
-        state_dict[_FLAGS_KEY] = self._step_flags()
+        counts = {}
+        for buckets in self._buckets:
+            for bucket in buckets:
+                for p, count in zip(bucket.params, bucket.steps.values(), strict=True):
+                    counts[id(p)] = count
+        ids = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        index_to_count = {ids[key]: value for key, value in counts.items()}
+        state_dict["state"] = {
+            index: {**entries, "step": index_to_count[index]} if "step" in entries else dict(entries)
+            for index, entries in state_dict["state"].items()
+        }
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch.optim's, then copies the loaded state into the flat buffers (training resumes bit-identically)."""
+        """As torch.optim's, then copies the loaded state into the flat buffers and the per-parameter step counts
+        (training resumes bit-identically). Also loads torch.optim.AdamW / SGD checkpoints (see state_dict)."""
         state_dict = self._checked_for_loading(state_dict)
         flags = state_dict.get(_FLAGS_KEY)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != _FLAGS_KEY})
-        for group, buckets in zip(self.param_groups, self._buckets, strict=True):
-            for bucket in buckets:
+        for g, (group, buckets) in enumerate(zip(self.param_groups, self._buckets, strict=True)):
+            for b, bucket in enumerate(buckets):
                 for name in self._state_names(group):
                     if name in bucket.state and not any(name in self.state.get(p, {}) for p in bucket.params):
                         bucket.state[name].zero_()  # a checkpoint taken before this state existed
-                if not any("step" in self.state.get(p, {}) for p in bucket.params):
-                    bucket.step.zero_()
+                if flags is not None:
+                    # Earlier mimo_ext checkpoints: one count per bucket, and flags of the parameters not stepped yet.
+                    for p, stepped in zip(bucket.params, flags[g][b][1], strict=True):
+                        if not stepped:
+                            self.state[p]["step"] = torch.zeros((), dtype=torch.float32)
                 self._bind_state(group, bucket, loaded=True)
-        for g, buckets in enumerate(self._buckets):
-            for b, bucket in enumerate(buckets):
-                try:
-                    launched, stepped = flags[g][b]
-                except (TypeError, IndexError, ValueError):
-                    # A checkpoint without the flags (e.g. written by torch.optim): a bucket that has counted steps
-                    # is taken to have stepped every parameter (one host read, at load time only).
-                    launched = bool(bucket.step.item() > 0)
-                    stepped = [launched] * len(bucket.params)
-                if len(stepped) != len(bucket.params):
-                    raise ValueError("state_dict does not match this optimizer's parameters (step flags differ)")
-                bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
         self._host.pending = None
 
     def _checked_for_loading(self, state_dict: dict) -> dict:
@@ -317,28 +302,25 @@ class MIMOOptimizer(torch.optim.Optimizer):
                         )
             groups.append({**merged, "params": saved["params"]})
         if flags is not None:
-            for g, buckets in enumerate(self._buckets):
-                for b, bucket in enumerate(buckets):
-                    try:
-                        stepped = flags[g][b][1]
-                    except (TypeError, IndexError, KeyError):
-                        continue  # unreadable flags: treated as absent below
-                    if len(stepped) != len(bucket.params):
-                        raise ValueError(f"{name}: state_dict's step flags do not match this optimizer's parameters")
+            try:
+                shapes = [[len(stepped) for _, stepped in buckets] for buckets in flags]
+            except (TypeError, ValueError):
+                shapes = None
+            if shapes != [[len(b.params) for b in buckets] for buckets in self._buckets]:
+                raise ValueError(f"{name}: state_dict's step flags do not match this optimizer's parameters")
         return {**state_dict, "param_groups": groups}
 
     # ---- copies: copy.deepcopy, pickle, torch.save / torch.load, copy.copy
 
     def __getstate__(self) -> dict:
         """torch.optim's (defaults, state, param_groups), plus what a copy needs to rebuild its flat buckets and step
-        on bit-identically: the per-bucket step flags, the diagnostics switch and the distributed setting.
+        on bit-identically: the diagnostics switch and the distributed setting (the step counts are in the state).
 
         torch.optim pickles no more than that; ours must also rebuild the buckets, which hold the parameters' and
         the state's storage, keep host flags and hooks on the parameters, and cannot be copied as they are: a copy
         whose parameters were not views of its own flat buffers would update buffers nothing reads."""
         state = super().__getstate__()
         state[_COPY_KEY] = {
-            "step_flags": self._step_flags(),
             "diagnostics": self.diagnostics,
             "distributed": _DistributedSetting(self._dist_group, *self._dist_args),
         }
@@ -366,17 +348,16 @@ class MIMOOptimizer(torch.optim.Optimizer):
         self._lr_tensors = {}
         self.diagnostics = bool(extra["diagnostics"])
         self._buckets = []
-        for group, flags in zip(self.param_groups, extra["step_flags"], strict=True):
+        for group in self.param_groups:
             buckets = bucket_parameters(group["params"])
             self._buckets.append(buckets)
-            for bucket, (launched, stepped) in zip(buckets, flags, strict=True):
+            for bucket in buckets:
                 # Every state buffer the original holds, also one its options no longer use (SGD's momentum turned
                 # off): it would be used again, as in the original, if the option were turned back on.
                 names = list(self._state_names(group))
                 for p in bucket.params:
                     names += [n for n, v in self.state.get(p, {}).items() if n not in names and _is_state_of(v, p)]
                 self._bind_state(group, bucket, loaded=True, names=names)
-                bucket.launched, bucket.stepped = bool(launched), [bool(s) for s in stepped]
 
     def __copy__(self):
         """torch.optim's shallow copy shares the param groups and the state, so both objects step the same
@@ -387,15 +368,15 @@ class MIMOOptimizer(torch.optim.Optimizer):
         torch.optim.Optimizer.__setstate__(new, {key: self.__dict__[key] for key in shared})
         return new
 
-    def _step_flags(self) -> list:
-        return [[[b.launched, list(b.stepped)] for b in buckets] for buckets in self._buckets]
-
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zeroes the flat gradient buffer that ``.grad`` points into (one operation per bucket) and forgets which
-        parameters were reached. ``.grad`` stays a (zero) view of that buffer even with set_to_none=True, so the next
-        backward accumulates straight into it; parameters the next backward does not reach are still skipped by
-        ``step``, as if their ``.grad`` were None. Gradients that are not views of the buffer are set to None (or
-        zeroed with set_to_none=False)."""
+        """Zeroes the flat gradient buffers (one operation per bucket), as torch.optim's zero_grad zeroes ``.grad``.
+
+        set_to_none=True (the default): every parameter is then without a gradient in torch's sense, and ``step``
+        skips the parameters the next backward does not reach. ``.grad`` stays a (zero) view of the flat buffer, so
+        the next backward accumulates straight into it; it is treated as None until a backward reaches it.
+        set_to_none=False: a parameter that had a gradient keeps a zero one, and ``step`` updates it as torch.optim
+        does (weight decay and momentum still move it), also when no later backward reaches it (e.g. a frozen
+        encoder). Gradients that are not views of the buffer are set to None (or zeroed)."""
         for buckets in self._buckets:
             for bucket in buckets:
                 views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
@@ -412,7 +393,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
                             p.grad = None
                         else:
                             p.grad.zero_()
-                bucket.touched = [False] * len(bucket.params)
+                if set_to_none:
+                    bucket.touched = [False] * len(bucket.params)
         self._host.pending = None
         self._host.objectives = None
 
@@ -814,12 +796,15 @@ class MIMOOptimizer(torch.optim.Optimizer):
         if new:
             self._bind_state(group, bucket, loaded=False)  # an option turned on after construction
             if self._restarts_with(new):
-                bucket.stepped = [False] * len(bucket.params)
-        # A parameter reached for the first time after the bucket's first step starts from a step count of 0, as
-        # torch.optim's per-parameter count would (SGD starts its momentum at g, AdamW's bias correction is t = 1).
-        fresh = [bucket.launched and not s for s in bucket.stepped]
-        segments = bucket.segments(reached, fresh)
-        if not segments:
+                bucket.steps.reset()
+                bucket.publish_steps(self.state)
+        # Per-parameter counts, as torch.optim keeps them (see step_counts.py): one launch per run of consecutive
+        # reached parameters that share a count.
+        if bucket.steps.split(reached):
+            bucket.steps.prune()
+            bucket.publish_steps(self.state)
+        runs = bucket.steps.runs(reached, bucket.offsets, bucket.numels)
+        if not runs:
             return None
         lr = self._lr_tensor(group, bucket)
         if grad_scale is not None:
@@ -827,17 +812,8 @@ class MIMOOptimizer(torch.optim.Optimizer):
         if found_inf is not None:
             found_inf = found_inf.to(bucket.device)
         use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
-        step_before = bucket.step.clone() if sum(not f for _, _, f in segments) > 1 else None
-        advanced = False
         total = None
-        for start, stop, is_fresh in segments:
-            # Every segment reads the step count of before this step; the first one advances the bucket's.
-            if is_fresh:
-                step = torch.zeros((), dtype=torch.float32, device=bucket.device)
-            elif not advanced:
-                step, advanced = bucket.step, True
-            else:
-                step = step_before.clone()
+        for start, stop, step in runs:
             stats = self._call_step(
                 group,
                 bucket.param_buffer[start:stop],
@@ -852,8 +828,6 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 use_kernel,
             )
             total = stats if total is None else total + stats
-        bucket.launched = True
-        bucket.stepped = [s or r for s, r in zip(bucket.stepped, reached, strict=True)]
         if self.diagnostics and pending is not None and pending.loss_scale is not None:
             total = total * self._stats_rescale(pending, grad_scale, total)
         return total if self.diagnostics else None

@@ -1,13 +1,20 @@
 """Flattened parameter buckets: the parameters of one param group that share a device and dtype, laid out in one
 contiguous buffer, with the optimizer state and the per-objective gradients in buffers of the same layout.
 
-The parameters become views of the flat buffer (``p.data`` is rebound), so the model keeps using the same
-``Parameter`` objects and a step over the whole bucket is one kernel launch.
+Each parameter's ``.data`` is rebound to its slice of the flat buffer, so the model keeps using the same
+``Parameter`` objects and a step over the whole bucket is one kernel launch. The slice is given a storage of its
+own (a DLPack alias that keeps the flat buffer alive), not made a view: torch.save of a view writes the whole
+storage it views, so a sub-module's state_dict() would have written the flat buffer of every parameter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from .step_counts import StepCounts
 
 __all__ = ["FlatBucket", "bucket_parameters"]
 
@@ -21,9 +28,11 @@ class FlatBucket:
         param_buffer: the flat parameter buffer; each parameter is a view of it.
         grad_buffers: flat gradient buffers, one per objective (index 0 is also the single-backward ``.grad``
             buffer), allocated on first use.
-        touched: per parameter, whether a backward pass accumulated into it since the flags were last cleared
-            (set by a post-accumulate-grad hook, on the host: no synchronisation).
-        stepped: per parameter, whether it has taken part in a step.
+        touched: per parameter, whether it holds a gradient in torch's sense (``.grad`` not None): set when a
+            backward pass accumulates into it (a post-accumulate-grad hook, on the host: no synchronisation), cleared
+            by ``zero_grad(set_to_none=True)``. The step updates exactly these parameters, as torch.optim does.
+        state: the flat optimizer state buffers by name (``exp_avg``, ...); each parameter's state entries are views.
+        steps: the per-parameter step counts (see step_counts.py).
     """
 
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
@@ -40,17 +49,15 @@ class FlatBucket:
             for i, p in enumerate(params):
                 view = self.view(self.param_buffer, i)
                 view.copy_(p.detach())
-                p.data = view
+                p.data = _alias(view)
         # Where each parameter's view of the flat buffer lives, to notice a parameter replaced or re-shaped after
         # construction (p.data = ...): the step would update the flat buffer, which it no longer views.
         self._view_ptrs = [p.data_ptr() for p in params]
         self.view_shapes = [p.shape for p in params]
         self.grad_buffers: list[torch.Tensor] = []
         self.touched = [False] * len(params)
-        # Host-side record of which parameters have taken part in a step, and whether any step ran: a parameter
-        # reached for the first time after the bucket's first step gets a step count of its own for that step.
-        self.stepped = [False] * len(params)
-        self.launched = False
+        self.state: dict[str, torch.Tensor] = {}
+        self.steps = StepCounts(len(params), self.device)
         # The in-place-write guard of the per-objective path (see MIMOOptimizer._check_grad0_unchanged): after
         # opt.backward, g0's buffer may change only by autograd accumulating into it (another loss's backward). The
         # buffer's version counter (shared by every view of it) is recorded, and the hooks count the accumulations
@@ -126,23 +133,50 @@ class FlatBucket:
         for i, p in enumerate(self.params):
             p.grad = self.view(buffer, i)
 
-    def segments(self, reached: list[bool], fresh: list[bool]) -> list[tuple[int, int, bool]]:
-        """Element ranges ``(start, stop, fresh)`` covering the runs of consecutive reached parameters that share
-        the same ``fresh`` flag."""
-        runs: list[tuple[int, int, bool]] = []
-        for i, hit in enumerate(reached):
-            if not hit or self.numels[i] == 0:
-                continue
-            start, stop = self.offsets[i], self.offsets[i] + self.numels[i]
-            if runs and runs[-1][1] == start and runs[-1][2] == fresh[i]:
-                runs[-1] = (runs[-1][0], stop, fresh[i])
-            else:
-                runs.append((start, stop, fresh[i]))
-        return runs
+    def bind_state(self, opt_state: dict, names: Sequence[str], *, loaded: bool) -> None:
+        """Makes each parameter's entries in ``opt_state`` (the optimizer's ``state``) views of the flat state
+        buffers ``names`` (allocated, zeroed, when missing) and its ``step`` its count. With loaded=True the entries
+        already there (a loaded checkpoint, a copy's state) are copied in first, and the counts are set from them:
+        a parameter's ``step`` when it has one, else 1 when it has other state (a torch.optim.SGD checkpoint keeps no
+        count: its momentum buffer says the parameter has stepped), else 0."""
+        if loaded:
+            self.steps.reset([_loaded_count(opt_state.get(p, {})) for p in self.params])
+        for name in names:
+            buffer = self.state.get(name)
+            if buffer is None:
+                buffer = self.state[name] = self.new_buffer()
+            for i, p in enumerate(self.params):
+                view = self.view(buffer, i)
+                old = opt_state.get(p, {}).get(name)
+                if loaded and old is not None:
+                    view.copy_(old)
+                opt_state[p][name] = view
+        self.publish_steps(opt_state)
+
+    def publish_steps(self, opt_state: dict) -> None:
+        """Points each parameter's ``opt_state[p]["step"]`` at its current count (after counts were split)."""
+        for i, p in enumerate(self.params):
+            opt_state[p]["step"] = self.steps.of(i)
 
     def remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
+
+
+def _alias(view: torch.Tensor) -> torch.Tensor:
+    """A tensor over the same memory as ``view`` with a storage of its own, sized to it (see the module docstring)."""
+    if view.numel() == 0:
+        return view.clone()
+    return from_dlpack(to_dlpack(view))
+
+
+def _loaded_count(entries: dict) -> float:
+    step = entries.get("step")
+    if isinstance(step, torch.Tensor):
+        return float(step.item())
+    if step is not None:
+        return float(step)
+    return 1.0 if any(isinstance(v, torch.Tensor) for v in entries.values()) else 0.0
 
 
 def bucket_parameters(params: list[torch.nn.Parameter]) -> list[FlatBucket]:
