@@ -39,7 +39,7 @@ from common import copy_bandwidth, load_average, median_seconds, resnet18_shapes
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
-from mimo_ext.optim.base import _PendingObjectives
+from mimo_ext.optim.objectives import PendingObjectives
 
 PRESETS = {
     "quick": {"lengths": [1 << 16, 1 << 18], "model_width": 8, "min_run_time": 0.05, "rounds": 1},
@@ -293,7 +293,7 @@ def mimo_optimizer_path(
     (bucket,) = opt._buckets[0]
     for k, g in enumerate(grads):
         bucket.grad_buffer(k).copy_(g)
-    pending = _PendingObjectives(
+    pending = PendingObjectives(
         uni_loss_sum=uni_losses, calls=1, reached={id(bucket): [True] * len(params)}, num_objectives=K, loss_scale=None
     )
 
