@@ -24,6 +24,7 @@ BENCHMARKS = {
     "subroutine": ("bench_subroutine.py", False, True),
     "step": ("bench_step.py", False, True),
     "scaling": ("scaling.py", True, True),
+    "fsdp": ("bench_fsdp.py", False, False),
 }
 
 

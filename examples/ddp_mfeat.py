@@ -2,11 +2,16 @@
 
     torchrun --standalone --nproc_per_node=2 examples/ddp_mfeat.py                  # DDP + mimo_loss (one backward)
     torchrun --standalone --nproc_per_node=2 examples/ddp_mfeat.py --per-objective  # MIMOAdamW, per objective, no DDP
+    torchrun --standalone --nproc_per_node=2 examples/ddp_mfeat.py --fsdp --checkpoint /tmp/ckpt
+                                            # FSDP2 (fully_shard) + mimo_loss + MIMOAdamW, a DCP checkpoint at the end
 
 Both keep the ranks consistent: ``mimo_loss`` (and the optimizer) average the M uni-modal losses over the ranks
 before the softmax, so every rank uses the global batch's weights. The single-backward path lets DDP all-reduce
 the gradient once; the per-objective path blends locally and all-reduces the blended gradient once per bucket
-(the model is not wrapped in DDP there). Runs on CPU with gloo, or on GPUs with NCCL (one per rank).
+(the model is not wrapped in DDP there). With --fsdp the encoders and the root are sharded with FSDP2's
+``fully_shard`` (each rank holds half of every parameter), MIMOAdamW steps the local shards, and
+``torch.distributed.checkpoint`` saves model and optimizer (resumable on another number of ranks). Runs on CPU
+with gloo, or on GPUs with NCCL (one per rank).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from mimo_ext.optim import MIMOAdamW
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-objective", action="store_true", help="MIMOAdamW.backward per objective, no DDP")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--per-objective", action="store_true", help="MIMOAdamW.backward per objective, no DDP")
+    mode.add_argument("--fsdp", action="store_true", help="FSDP2 fully_shard + mimo_loss + MIMOAdamW")
+    parser.add_argument("--checkpoint", default=None, help="with --fsdp: save a DCP checkpoint here at the end")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the ranks")
     args = parser.parse_args()
@@ -49,6 +57,13 @@ def main() -> None:
     model = LateFusionMLP([x.shape[1] for x in train_x], 10).to(device)
     if args.per_objective:
         net, opt = model, MIMOAdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    elif args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for encoder in model.encoders:
+            fully_shard(encoder)
+        net = fully_shard(model)
+        opt = MIMOAdamW(model.parameters(), lr=1e-3, weight_decay=0.0)  # steps each rank's local shards
     else:
         net = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -68,9 +83,19 @@ def main() -> None:
             else:
                 mimo_ext.mimo_loss(f0, fs).backward()
             opt.step()
-        if rank == 0 and (epoch + 1) % 5 == 0:
+        # A sharded model's forward needs every rank (FSDP2 all-gathers the parameters): all ranks evaluate.
+        if (epoch + 1) % 5 == 0 and (rank == 0 or args.fsdp):
             fused_acc, heads = evaluate(model, [x.to(device) for x in test_x], test_y.to(device))
-            print(f"epoch {epoch + 1}: fused {fused_acc:.3f}, head pix {heads[0]:.3f}, head fou {heads[1]:.3f}")
+            if rank == 0:
+                print(f"epoch {epoch + 1}: fused {fused_acc:.3f}, head pix {heads[0]:.3f}, head fou {heads[1]:.3f}")
+    if args.fsdp and args.checkpoint:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(model, opt)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=args.checkpoint)
+        if rank == 0:
+            print(f"saved a DCP checkpoint to {args.checkpoint}")
     # Leave together: a rank tearing the group down while another still works made gloo abort at exit.
     dist.barrier()
     dist.destroy_process_group()

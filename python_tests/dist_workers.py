@@ -120,8 +120,154 @@ def resume_from_rank0_checkpoint(rank: int, world: int, path: str) -> dict:
     return {"whole": params(whole), "resumed": params(resumed)}
 
 
+# ---- FSDP2 (fully_shard): the encoders and the root sharded, as a user shards a late-fusion model
+
+FSDP_LR = 0.05
+
+
+def sharded_model():
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    for encoder in net.encoders:
+        fully_shard(encoder)
+    fully_shard(net)
+    return net
+
+
+def make_optimizer(kind: str, net):
+    if kind == "torch":
+        return torch.optim.AdamW(net.parameters(), lr=FSDP_LR, foreach=True)
+    return mimo_ext.optim.MIMOAdamW(net.parameters(), lr=FSDP_LR)
+
+
+def full_params(net) -> list[torch.Tensor]:
+    """The whole parameters (all-gathered from the shards), on every rank."""
+    return [p.full_tensor().detach().clone() for p in net.parameters()]
+
+
+def fsdp_training(rank: int, world: int, kind: str) -> dict:
+    net = sharded_model()
+    opt = make_optimizer(kind, net)
+    train_single_backward(net, opt, range(STEPS), rank, world)
+    result = {"params": full_params(net)}
+    if kind == "mimo":
+        # The state is flat over the local shards and exposed as DTensors with the parameters' placements.
+        p = next(iter(net.parameters()))
+        state = opt.state[p]["exp_avg"]
+        result["state_is_dtensor"] = type(state).__name__ == "DTensor" and state.placements == p.placements
+        f0, fs = losses(net, *shard(*batch(0), rank, world))
+        try:
+            opt.backward(f0, fs)
+            result["per_objective_error"] = None
+        except ValueError as error:
+            result["per_objective_error"] = str(error)
+    return result
+
+
+def fsdp_checkpoint_round_trip(rank: int, world: int, path: str, kind: str = "mimo") -> dict:
+    """Trains 3 steps, saves model + optimizer with torch.distributed.checkpoint, loads them into a fresh model and
+    optimizer (different initial values) and trains on; beside an uninterrupted run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    whole = sharded_model()
+    opt = make_optimizer(kind, whole)
+    train_single_backward(whole, opt, range(STEPS + 2), rank, world)
+
+    first = sharded_model()
+    opt = make_optimizer(kind, first)
+    train_single_backward(first, opt, range(3), rank, world)
+    model_sd, optim_sd = get_state_dict(first, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    dist.barrier()
+
+    torch.manual_seed(123)
+    resumed = sharded_model()
+    with torch.no_grad():
+        for p in resumed.parameters():
+            p.add_(1.0)  # loading must overwrite these
+    opt = make_optimizer(kind, resumed)
+    model_sd, optim_sd = get_state_dict(resumed, opt)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(resumed, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    train_single_backward(resumed, opt, range(3, STEPS + 2), rank, world)
+    return {"whole": full_params(whole), "resumed": full_params(resumed)}
+
+
+def fsdp_save_after_three_steps(rank: int, world: int, path: str) -> dict:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    net = sharded_model()
+    opt = make_optimizer("mimo", net)
+    train_single_backward(net, opt, range(3), rank, world)
+    model_sd, optim_sd = get_state_dict(net, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    return {}
+
+
+def fsdp_resume_on_this_world(rank: int, world: int, path: str) -> dict:
+    """Loads fsdp_save_after_three_steps's checkpoint (written by another number of ranks) and trains on."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    net = sharded_model()
+    opt = make_optimizer("mimo", net)
+    model_sd, optim_sd = get_state_dict(net, opt)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(net, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    train_single_backward(net, opt, range(3, STEPS + 2), rank, world)
+    return {"params": full_params(net)}
+
+
+def tensor_parallel(rank: int, world: int) -> dict:
+    """A column-parallel Linear (weight and bias Shard(0) over the ranks) stepped by MIMOAdamW and by torch's
+    AdamW; then a .grad with a Partial placement (its reduction pending), which the fused step refuses."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Partial, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (world,))
+    nets = []
+    for kind in ("torch", "mimo"):
+        torch.manual_seed(0)
+        net = parallelize_module(torch.nn.Linear(4, 6), mesh, ColwiseParallel())
+        opt = make_optimizer(kind, net)
+        for step in range(STEPS):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()  # each rank's loss on its own output columns
+            opt.step()
+        nets.append(net)
+    result = {"torch": full_params(nets[0]), "mimo": full_params(nets[1])}
+    net = nets[1]
+    opt = make_optimizer("mimo", net)
+    net.weight.grad = distribute_tensor(torch.ones(6, 4), mesh, [Partial()])
+    net.bias.grad = None
+    try:
+        opt.step()
+        result["partial_error"] = None
+    except ValueError as error:
+        result["partial_error"] = str(error)
+    return result
+
+
 SCENARIOS = {
-    f.__name__: f for f in (ddp_single_backward, per_objective, bad_input_on_one_rank, resume_from_rank0_checkpoint)
+    f.__name__: f
+    for f in (
+        tensor_parallel,
+        ddp_single_backward,
+        per_objective,
+        bad_input_on_one_rank,
+        resume_from_rank0_checkpoint,
+        fsdp_training,
+        fsdp_checkpoint_round_trip,
+        fsdp_save_after_three_steps,
+        fsdp_resume_on_this_world,
+    )
 }
 
 

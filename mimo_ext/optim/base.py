@@ -355,6 +355,10 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             if self._dist_group is not None:
                 grads, coefficients = self._reduce_blended(grads, coefficients)
                 factors = None if factors is None else factors[:1]
+        elif bucket.sharded:
+            grads, reached = None, [p.grad is not None for p in bucket.params]  # torch.optim's rule
+            factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
+            coefficients = factors if factors is not None else torch.ones(1, device=bucket.device, dtype=dtype)
         else:
             grads, reached = self._single_grads(bucket)
             factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
@@ -371,7 +375,8 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         if bucket.steps.split(reached):
             bucket.steps.prune()
             bucket.publish_steps(self.state)
-        runs = bucket.steps.runs(reached, bucket.offsets, bucket.numels)
+        # A sharded bucket's parameters and gradients are separate local shards: one launch per parameter.
+        runs = bucket.steps.runs(reached, bucket.offsets, bucket.numels, merge=not bucket.sharded)
         if not runs:
             return None
         lr = self._lr_tensor(group, bucket)
@@ -379,13 +384,19 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             found_inf = found_inf.to(bucket.device)
         use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
         total = None
+        shard_at = {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]}
         for start, stop, step in runs:
+            if grads is None:
+                i = shard_at[start]
+                param, run_grads = bucket.local_param(i).view(-1), [bucket.local_grad(i).reshape(-1)]
+            else:
+                param, run_grads = bucket.param_buffer[start:stop], [g[start:stop] for g in grads]
             # grad_scale is in the coefficients (amp.py); found_inf still makes the kernel skip every write.
             stats = self._call_step(
                 group,
-                bucket.param_buffer[start:stop],
+                param,
                 {name: bucket.state[name][start:stop] for name in names},
-                [g[start:stop] for g in grads],
+                run_grads,
                 coefficients,
                 lr,
                 step,

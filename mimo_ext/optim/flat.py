@@ -33,26 +33,36 @@ class FlatBucket:
             by ``zero_grad(set_to_none=True)``. The step updates exactly these parameters, as torch.optim does.
         state: the flat optimizer state buffers by name (``exp_avg``, ...); each parameter's state entries are views.
         steps: the per-parameter step counts (see step_counts.py).
+        sharded: the parameters are DTensors (FSDP2's ``fully_shard``, tensor parallelism). Their storage belongs to
+            their owner (FSDP2 all-gathers from it), so they are not moved: the state is flat over each rank's local
+            shards (``opt.state[p]`` holds DTensors over views of it, with the parameter's mesh and placements) and
+            the step runs once per local shard. ``param_buffer`` is None then.
     """
 
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
         self.params = params
-        self.device = params[0].device
+        self.sharded = is_dtensor(params[0])
+        locals_ = [p.to_local() for p in params] if self.sharded else params
+        self.device = locals_[0].device
         self.dtype = params[0].dtype
-        self.numels = [p.numel() for p in params]
+        # Shapes and sizes of what this process holds: the local shards of sharded parameters.
+        self.shapes = [t.shape for t in locals_]
+        self.numels = [t.numel() for t in locals_]
         self.offsets = [0]
         for n in self.numels[:-1]:
             self.offsets.append(self.offsets[-1] + n)
         self.numel = sum(self.numels)
-        self.param_buffer = torch.empty(self.numel, device=self.device, dtype=self.dtype)
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                view = self.view(self.param_buffer, i)
-                view.copy_(p.detach())
-                p.data = _alias(view)
+        self.param_buffer = None
+        if not self.sharded:
+            self.param_buffer = torch.empty(self.numel, device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    view = self.view(self.param_buffer, i)
+                    view.copy_(p.detach())
+                    p.data = _alias(view)
         # Where each parameter's view of the flat buffer lives, to notice a parameter replaced or re-shaped after
         # construction (p.data = ...): the step would update the flat buffer, which it no longer views.
-        self._view_ptrs = [p.data_ptr() for p in params]
+        self._view_ptrs = [p.data_ptr() for p in params] if not self.sharded else []
         self.view_shapes = [p.shape for p in params]
         self.grad_buffers: list[torch.Tensor] = []
         self.touched = [False] * len(params)
@@ -83,13 +93,16 @@ class FlatBucket:
         return mark_touched
 
     def view(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
-        """Parameter ``index``'s slice of a flat buffer, shaped like the parameter."""
+        """Parameter ``index``'s slice of a flat buffer, shaped like the parameter (like its local shard when
+        sharded)."""
         start = self.offsets[index]
-        return buffer[start : start + self.numels[index]].view(self.params[index].shape)
+        return buffer[start : start + self.numels[index]].view(self.shapes[index])
 
     def moved_view(self) -> int | None:
         """The index of the first parameter that is no longer its view of the flat buffer (its ``.data`` was replaced
         or re-shaped after construction, so the step's updates would be lost silently), or None."""
+        if self.sharded:
+            return None  # not moved: the parameters keep their owner's storage
         # Whole lists compared at once: this runs before every step (about 0.1 us per parameter).
         ptrs = [p.data_ptr() for p in self.params]
         shapes = [p.shape for p in self.params]
@@ -149,9 +162,50 @@ class FlatBucket:
                 view = self.view(buffer, i)
                 old = opt_state.get(p, {}).get(name)
                 if loaded and old is not None:
-                    view.copy_(old)
-                opt_state[p][name] = view
+                    view.copy_(self._local(old, name, i))
+                opt_state[p][name] = self._entry(view, i)
         self.publish_steps(opt_state)
+
+    def _entry(self, view: torch.Tensor, index: int) -> torch.Tensor:
+        """What ``opt.state[p][name]`` holds: the view itself, or for a sharded parameter a DTensor over it with the
+        parameter's mesh and placements (as torch.optim's state of a DTensor parameter is; DCP saves and reshards
+        it)."""
+        if not self.sharded:
+            return view
+        from torch.distributed.tensor import DTensor
+
+        p = self.params[index]
+        return DTensor.from_local(view, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+
+    def _local(self, value: torch.Tensor, name: str, index: int) -> torch.Tensor:
+        """A loaded state value as this process's part of it."""
+        if not self.sharded:
+            return value
+        if is_dtensor(value):
+            value = value.to_local()
+        if value.shape != self.shapes[index]:
+            raise ValueError(
+                f"state {name!r} of a sharded parameter has local shape {tuple(value.shape)}, its shard "
+                f"{tuple(self.shapes[index])}: load DTensor state with the parameter's placements (e.g. through "
+                "torch.distributed.checkpoint's set_optimizer_state_dict)"
+            )
+        return value
+
+    def local_param(self, index: int) -> torch.Tensor:
+        """The tensor the step updates for parameter ``index``: its local shard when sharded."""
+        p = self.params[index]
+        return p.to_local() if self.sharded else p
+
+    def local_grad(self, index: int) -> torch.Tensor:
+        """Parameter ``index``'s ``.grad`` as this process's part of it (sharded parameters only)."""
+        grad = self.params[index].grad
+        if any(placement.is_partial() for placement in grad.placements):
+            raise ValueError(
+                f"parameter {index} of a sharded bucket has a .grad with a Partial placement ({grad.placements}): "
+                "its reduction across ranks is still pending, so an element-wise step on the local shard would be "
+                "wrong; reduce it first (FSDP2 does so in its backward)"
+            )
+        return grad.to_local()
 
     def publish_steps(self, opt_state: dict) -> None:
         """Points each parameter's ``opt_state[p]["step"]`` at its current count (after counts were split)."""
@@ -161,6 +215,16 @@ class FlatBucket:
     def remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
+
+
+def is_dtensor(value) -> bool:
+    """Whether ``value`` is a torch.distributed DTensor (without importing torch.distributed.tensor otherwise)."""
+    module = type(value).__module__
+    if not module.startswith("torch.distributed"):
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, DTensor)
 
 
 def _alias(view: torch.Tensor) -> torch.Tensor:
@@ -180,8 +244,8 @@ def _loaded_count(entries: dict) -> float:
 
 
 def bucket_parameters(params: list[torch.nn.Parameter]) -> list[FlatBucket]:
-    """Groups parameters by (device, dtype), in first-appearance order, and flattens each group."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
+    """Groups parameters by (device, dtype, DTensor or not), in first-appearance order, and flattens each group."""
+    groups: dict[tuple[torch.device, torch.dtype, bool], list[torch.nn.Parameter]] = {}
     for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p)
+        groups.setdefault((p.device, p.dtype, is_dtensor(p)), []).append(p)
     return [FlatBucket(ps) for ps in groups.values()]

@@ -128,6 +128,8 @@ class PerObjectivePath:
             )
         self._check_grad0_unchanged("backward")
         buckets = [b for bs in self._buckets for b in bs]
+        if any(b.sharded for b in buckets):
+            raise ValueError(_SHARDED_MESSAGE.format(name=type(self).__name__))
         params = [p for b in buckets for p in b.params if p.requires_grad]
         scale = None
         if grad_scaler is not None and grad_scaler.is_enabled():
@@ -355,3 +357,12 @@ def _as_loss_list(losses, name: str) -> list[torch.Tensor]:
         if not isinstance(f, torch.Tensor) or f.dim() != 0:
             raise ValueError(f"{name}[{m}] must be a 0-dim tensor, got {describe(f)}")
     return out
+
+
+_SHARDED_MESSAGE = (
+    "{name}.backward: the per-objective path is not supported for sharded (DTensor) parameters, e.g. under FSDP2's "
+    "fully_shard: FSDP2 reduce-scatters .grad itself after each backward pass, so the K passes would each cost a "
+    "reduce-scatter of the whole model and land in FSDP2's gradients, not in per-objective buffers. Use the single "
+    "backward, which FSDP2 reduces once: mimo_ext.mimo_loss(f0, uni_losses, gamma=..., mu=...).backward() with "
+    "the optimizer's gamma and mu, then opt.step()"
+)

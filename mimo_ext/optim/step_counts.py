@@ -62,18 +62,18 @@ class StepCounts:
         return bool(partial)
 
     def runs(
-        self, reached: Sequence[bool], offsets: Sequence[int], numels: Sequence[int]
+        self, reached: Sequence[bool], offsets: Sequence[int], numels: Sequence[int], *, merge: bool = True
     ) -> list[tuple[int, int, torch.Tensor]]:
         """Element ranges ``(start, stop, count)`` covering the runs of consecutive reached, non-empty parameters of
-        one class, each with the count its launch reads and advances. Call after :meth:`split`. A class met in
-        several runs (its members are not consecutive) advances once: its later runs get a copy of the count taken
-        before the step, which the launch advances and which is then dropped."""
+        one class (each reached parameter alone with merge=False), each with the count its launch reads and
+        advances. Call after :meth:`split`. A class met in several runs advances once: its later runs get a copy
+        of the count taken before the step, which the launch advances and which is then dropped."""
         spans: list[tuple[int, int, int]] = []
         for i, hit in enumerate(reached):
             if not hit or numels[i] == 0:
                 continue
             start, stop, cls = offsets[i], offsets[i] + numels[i], self.member[i]
-            if spans and spans[-1][1] == start and spans[-1][2] == cls:
+            if merge and spans and spans[-1][1] == start and spans[-1][2] == cls:
                 spans[-1] = (spans[-1][0], stop, cls)
             else:
                 spans.append((start, stop, cls))
