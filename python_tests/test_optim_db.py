@@ -448,3 +448,30 @@ def test_tables_are_consistent():
         assert set(scenario.configs) <= set(CONFIGS), scenario.name
         classes = {CONFIGS[name].mimo_cls for name in scenario.configs}
         assert classes == {MIMOAdamW, MIMOSGD}, f"{scenario.name} runs on {classes}"
+
+
+def largest_differences(device: str = "cpu") -> dict[tuple[str, str], float]:
+    """Per (scenario, path): the largest |ours - torch| over every configuration, step and parameter."""
+    out = {}
+    with threads(1):
+        for scenario in SCENARIOS:
+            for path in PATHS:
+                worst = 0.0
+                for name in scenario.configs:
+                    ours = scenario.run(Side(CONFIGS[name], path, device, ours=True))
+                    theirs = scenario.run(Side(CONFIGS[name], path, device, ours=False))
+                    for a, b in zip(ours, theirs, strict=True):
+                        for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+                            worst = max(worst, (p.detach() - q.detach()).abs().max().item() if p.numel() else 0.0)
+                out[(scenario.name, path)] = worst
+    return out
+
+
+if __name__ == "__main__":
+    # python python_tests/test_optim_db.py: the table of largest differences against torch.optim.
+    table = largest_differences()
+    print(f"max |ours - torch.optim| over {len(OPTIM_DB)} configurations, every step and parameter")
+    print(f"{'scenario':<28} {SINGLE:>12} {PER_OBJECTIVE:>14}")
+    for scenario in SCENARIOS:
+        row = [table[(scenario.name, path)] for path in PATHS]
+        print(f"{scenario.name:<28} {row[0]:>12.1e} {row[1]:>14.1e}")
