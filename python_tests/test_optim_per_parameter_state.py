@@ -200,3 +200,18 @@ def test_step_counts_split_only_partly_reached_classes_and_advance_each_once():
     assert len(counts.counts) == 2
     counts.reset([4, 0, 4, 1, 0])
     assert counts.of(0) is counts.of(2) and counts.of(1) is counts.of(4) and len(counts.counts) == 3
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_backward_through_parameters_changed_by_a_step_raises_as_with_torch(name):
+    # torch.optim updates parameters in place, bumping their version counters, so a backward through a graph that
+    # saved a parameter before the step raises instead of using the new values silently; so does ours.
+    for ours in (True, False):
+        model, opt, twin, reference = make_pair(name, "cpu")
+        net, optimizer = (model, opt) if ours else (twin, reference)
+        f0, uni = losses(net, 0, None, "cpu")
+        loss = mimo_ext.mimo_loss(f0, uni, gamma=GAMMA, mu=MU)
+        loss.backward(retain_graph=True)
+        optimizer.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()

@@ -406,6 +406,11 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                 use_kernel,
             )
             total = stats if total is None else total + stats
+        if not bucket.sharded:
+            # The kernels write the flat buffer, whose views the parameters are not (see flat.py): bump the stepped
+            # parameters' version counters as torch.optim's in-place updates do, so that autograd still refuses a
+            # backward through a graph that saved a parameter before this step.
+            torch.autograd.graph.increment_version([p for p, hit in zip(bucket.params, reached, strict=True) if hit])
         if not self.diagnostics:
             return None
         return total if factors is None else amp.rescale_stats(total, factors)
