@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import resolve_group
-from .flat import bucket_parameters
+from .flat import bucket_parameters, is_dtensor
 from .objectives import HostState, describe
 
 __all__ = ["Checkpointing"]
@@ -107,6 +107,12 @@ class Checkpointing:
                             f"{name}: state_dict's state {key!r} of parameter {i} of param_groups[{g}] has shape "
                             f"{tuple(value.shape)} but the parameter has shape {tuple(p.shape)}: another parameter "
                             "layout"
+                        )
+                    if key != "step" and is_dtensor(p) and not is_dtensor(value):
+                        raise ValueError(
+                            f"{name}: state_dict's state {key!r} of parameter {i} of param_groups[{g}] is a plain "
+                            "tensor but the parameter is a DTensor (sharded): load sharded state as DTensors, e.g. "
+                            "through torch.distributed.checkpoint's get_state_dict / set_state_dict"
                         )
             groups.append({**merged, "params": saved["params"]})
         if flags is not None:

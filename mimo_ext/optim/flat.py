@@ -182,6 +182,9 @@ class FlatBucket:
         if not self.sharded:
             return value
         if is_dtensor(value):
+            p = self.params[index]
+            if value.placements != p.placements:
+                value = value.redistribute(p.device_mesh, p.placements)  # a collective: every rank loads
             value = value.to_local()
         if value.shape != self.shapes[index]:
             raise ValueError(
