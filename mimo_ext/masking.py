@@ -20,7 +20,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["LossFn", "fill_missing", "keep_only", "masked_losses", "masked_mean", "masked_outputs", "per_sample_losses"]
+__all__ = [
+    "LossFn",
+    "fill_missing",
+    "keep_only",
+    "masked_losses",
+    "masked_mean",
+    "masked_outputs",
+    "masked_outputs_and_losses",
+    "per_sample_losses",
+]
 
 LossFn = Callable[..., Tensor]
 
@@ -213,6 +222,23 @@ def masked_losses(
         >>> len(f), f0.dim()
         (2, 0)
     """
+    _, _, f0, f = masked_outputs_and_losses(model, inputs, target, loss_fn, fill=fill, present=present, batched=batched)
+    return f0, f
+
+
+def masked_outputs_and_losses(
+    model: Callable[[list[Tensor]], Any],
+    inputs: Sequence[Tensor],
+    target: Tensor,
+    loss_fn: LossFn,
+    *,
+    fill: float = 0.0,
+    present: Sequence[Tensor] | None = None,
+    batched: bool | None = None,
+) -> tuple[Any, list[Any], Tensor, list[Tensor]]:
+    """:func:`masked_losses` with the outputs it computed them from: ``(output, [output_1..output_M], f0,
+    [f_1..f_M])``, the outputs as :func:`masked_outputs` gives them (slices of the one stacked output when
+    batched)."""
     n = _check(inputs, present, fill)
     if not isinstance(target, Tensor) or target.dim() == 0 or target.shape[0] != n:
         raise ValueError(f"target must be a tensor with one row per sample ({n}), got {target!r:.80}")
@@ -230,10 +256,12 @@ def masked_losses(
         stacked_target = target.repeat(count + 1, *([1] * (target.dim() - 1)))
         losses = per_sample_losses(loss_fn, output, stacked_target).view(count + 1, n)
         values = [masked_mean(losses[k], masks[k]) for k in range(count + 1)]
+        parts = _split(output, count + 1)
+        full, per_modality = parts[0], parts[1:]
     else:
         full, per_modality = masked_outputs(model, inputs, fill=fill, present=present, batched=False)
         values = [
             masked_mean(per_sample_losses(loss_fn, out, target), mask)
             for out, mask in zip([full, *per_modality], masks, strict=True)
         ]
-    return values[0], values[1:]
+    return full, per_modality, values[0], values[1:]
