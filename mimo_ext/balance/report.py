@@ -87,35 +87,95 @@ def _time_columns(rows: Sequence[dict], joint: float | None) -> list[tuple[str, 
     ]
 
 
+def _has(rows: Sequence[dict], key: str) -> bool:
+    return all(r.get(key) is not None for r in rows)
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value != value:  # NaN: no rows to measure on
+        return "-"
+    return f"{value:.2f}" if metric == "mae" else f"{value:.3f}"
+
+
+def _stat(mean: float, std: float, seeds: int, metric: str) -> str:
+    if metric != "mae":
+        return _acc(mean, std, seeds) if mean == mean else "-"
+    return _fmt(mean, metric) if seeds < 2 or mean != mean else f"{mean:.2f}+-{std:.2f}"
+
+
+def _task(rows: Sequence[dict]) -> str:
+    return rows[0].get("settings", {}).get("task", "classification")
+
+
+def _label(kind: str, metric: str) -> str:
+    # Classification keeps the short names ("fused", "worst probe", "probe:pix"); regression names the metric.
+    return kind if metric == "acc" else f"{kind} {metric.upper().replace('R2', 'R^2')}"
+
+
+def present_rows_note(settings: dict, names: Sequence[str]) -> list[str]:
+    """One line with the rows that have each modality, per side (when the data had missing modalities)."""
+    counts = settings.get("present_rows")
+    if not counts:
+        return []
+    total = {"train": settings.get("train_rows"), "test": settings.get("test_rows")}
+    sides = [
+        f"{side} " + ", ".join(f"{n} {c} of {total[side]}" for n, c in zip(names, counts[side], strict=True))
+        for side in ("train", "test")
+        if side in counts
+    ]
+    return ["Rows that have each modality: " + "; ".join(sides)]
+
+
 def format_table(title: str, names: Sequence[str], results: dict[str, dict]) -> str:
-    """One row per method: fused accuracy, the worst modality's probe and head accuracy (the minimum over
-    modalities per seed, then mean+-std over seeds), per-modality probe and head accuracy, time per step with its
-    weighting share, step time relative to ``joint``, and peak memory; then the settings held equal and
-    :func:`machine_note`. A table wider than :data:`MAX_WIDTH` puts the per-modality columns in blocks of their own."""
+    """One row per method: fused accuracy, the worst modality's masked, probe and head accuracy (each the worst over
+    modalities per seed, then mean+-std over seeds; probe and head where the model has them), per-modality masked,
+    probe and head accuracy, time per step with its weighting share, step time relative to ``joint``, and peak
+    memory; then the settings held equal, the rows per modality when some were missing, and :func:`machine_note`.
+    Regression results show R^2 and MAE where classification shows accuracy. A table wider than :data:`MAX_WIDTH`
+    puts the per-modality columns in blocks of their own."""
     methods = list(results)
     rows = [results[m] for m in methods]
     joint = results.get("joint", {}).get("step_time_s")
-    summary = [
-        ("fused", [_acc(r["fused_acc"], r["fused_acc_std"], _seeds(r)) for r in rows]),
-        ("worst probe", [_acc(r["worst_probe_acc"], r["worst_probe_acc_std"], _seeds(r)) for r in rows]),
-        ("worst head", [_acc(r["worst_head_acc"], r["worst_head_acc_std"], _seeds(r)) for r in rows]),
-    ]
-    probes = [
-        (f"probe:{n}", [_acc(r["probe_acc"][i], r["probe_acc_std"][i], _seeds(r)) for r in rows])
-        for i, n in enumerate(names)
-    ]
-    heads = [(f"head:{n}", [f"{r['head_acc'][i]:.3f}" for r in rows]) for i, n in enumerate(names)]
+    metrics = ("r2", "mae") if _task(rows) == "regression" else ("acc",)
+    summary, per_modality = [], []
+    for metric in metrics:
+        key = f"fused_{metric}"
+        summary.append((_label("fused", metric), [_stat(r[key], r[f"{key}_std"], _seeds(r), metric) for r in rows]))
+    for kind in ("masked", "probe", "head"):
+        for metric in metrics if kind != "probe" else ("acc",):
+            key = f"worst_{kind}_{metric}"
+            if kind == "head" and metric == "mae" or not _has(rows, key):
+                continue
+            cells = [_stat(r[key], r[f"{key}_std"], _seeds(r), metric) for r in rows]
+            summary.append((_label(f"worst {kind}", metric), cells))
+    for kind in ("masked", "probe", "head"):
+        for metric in metrics if kind != "probe" else ("acc",):
+            key = f"{kind}_{metric}"
+            if kind == "head" and metric == "mae" or not _has(rows, key):
+                continue
+            per_modality.append([])
+            for i, n in enumerate(names):
+                if kind == "head":  # the heads' spread is in the JSON; the table keeps them short
+                    cells = [_fmt(r[key][i], metric) for r in rows]
+                else:
+                    cells = [_stat(r[key][i], r[f"{key}_std"][i], _seeds(r), metric) for r in rows]
+                per_modality[-1].append((f"{_label(kind, metric)}:{n}", cells))
     timing = _time_columns(rows, joint)
     timing.insert(1, ("weight ms", [f"{1e3 * r['step_time_split_s']['weighting']:.2f}" for r in rows]))
     peaks = [r.get("peak_memory_bytes") for r in rows]
     timing.append(("peak MB", [f"{p / 2**20:.2f}" if p is not None else "-" for p in peaks]))
 
     lines = [title]
-    for i, block in enumerate(_blocks(methods, [summary + timing, probes, heads])):
+    for i, block in enumerate(_blocks(methods, [summary + timing, *per_modality])):
         lines += ([] if i == 0 else ["per modality:"]) + block
     settings = rows[0]["settings"]
-    held = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method_options" and k not in MACHINE_SETTINGS)
+    held = ", ".join(
+        f"{k}={v}"
+        for k, v in settings.items()
+        if k not in ("method_options", "present_rows") and k not in MACHINE_SETTINGS
+    )
     lines.append(f"Same for every method: {held}")
+    lines += present_rows_note(settings, names)
     lines += machine_note(rows)
     return "\n".join(lines)
 
