@@ -84,9 +84,7 @@ def _checked_present(present, n: int, count: int, what: str) -> list[torch.Tenso
     for m, mask in enumerate(present):
         mask = _from_numpy(mask)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (n,):
-            raise ValueError(
-                f"{what}present[{m}] must be a bool tensor or numpy array of shape [{n}], got {mask!r:.80}"
-            )
+            raise ValueError(f"{what}present[{m}] must be a bool tensor or array of shape [{n}], got {mask!r:.80}")
         masks.append(mask.cpu())
     return masks
 

@@ -43,9 +43,9 @@ def regression_metrics(pred: torch.Tensor, target: torch.Tensor, scale: torch.Te
     standardised alike. MAE is the mean absolute error, per column times ``scale`` (the columns' standard deviations,
     to report standardised values in the target's units), averaged over the columns. NaN for no rows.
     """
-    pred, target = pred.double().reshape(len(pred), -1), target.double().reshape(len(target), -1)
     if len(target) == 0:
         return {"r2": math.nan, "mae": math.nan}
+    pred, target = pred.double().reshape(len(pred), -1), target.double().reshape(len(target), -1)
     residual = (target - pred).square().sum(dim=0)
     total = (target - target.mean(dim=0)).square().sum(dim=0)
     r2 = 1 - residual / total
