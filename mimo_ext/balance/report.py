@@ -291,21 +291,21 @@ def _is_mimo(method: str) -> bool:
     return method.startswith("mimo")
 
 
-def _method_points(ax, results: dict[str, dict], x, xerr) -> None:
+def _method_points(ax, results: dict[str, dict], x, xerr, y: str = "fused_acc") -> None:
     """Each method as a point with error bars (std over seeds), MIMO's larger, labelled by name."""
     for method, r in results.items():
         ax.errorbar(
             x(r),
-            r["fused_acc"],
+            r[y],
             xerr=xerr(r) if xerr else None,
-            yerr=r["fused_acc_std"],
+            yerr=r[f"{y}_std"],
             fmt="D" if _is_mimo(method) else "o",
             ms=7 if _is_mimo(method) else 5,
             capsize=3,
         )
         ax.annotate(
             method,
-            (x(r), r["fused_acc"]),
+            (x(r), r[y]),
             fontsize=8,
             fontweight="bold" if _is_mimo(method) else "normal",
             xytext=(3, 3),
@@ -313,10 +313,24 @@ def _method_points(ax, results: dict[str, dict], x, xerr) -> None:
         )
 
 
+def _axes_of(results: dict[str, dict]) -> tuple[str, str, str, str, str]:
+    """(fused key, worst-modality key, its name, curve key, curve name) for the results' task and model: the
+    probe where every method has one (late, attention fusion), else the masked accuracy; R^2 for regression."""
+    rows = list(results.values())
+    metric = "r2" if _task(rows) == "regression" else "acc"
+    unit = "R^2" if metric == "r2" else "accuracy"
+    worst = "worst_probe_acc" if metric == "acc" and _has(rows, "worst_probe_acc") else f"worst_masked_{metric}"
+    worst_name = f"worst-modality {'probe' if worst.startswith('worst_probe') else 'masked'} {unit}"
+    curve = "head" if all(r["curves"].get("head") is not None for r in rows) else "masked"
+    return f"fused_{metric}", worst, worst_name, curve, f"{curve} test {unit}"
+
+
 def plot(path: Path, datasets: dict[str, dict]) -> bool:
     """Per data set: fused accuracy against the worst modality's probe accuracy (up and to the right is better;
     MIMO's claim is a move to the right at no cost upwards), fused accuracy against step time, and each modality's
-    head accuracy over epochs per method. Returns False (and draws nothing) when matplotlib is not installed."""
+    head accuracy over epochs per method. Without probes (early fusion, regression) the worst modality's masked
+    accuracy (R^2) stands in, and without heads its masked accuracy over epochs. Returns False (and draws nothing)
+    when matplotlib is not installed."""
     plt = _pyplot()
     if plt is None:
         return False
@@ -330,26 +344,28 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
     legend_ax = None
     for dataset, d in datasets.items():
         results = d["results"]
+        fused, worst, worst_name, curve_key, curve_name = _axes_of(results)
+        fused_name = "fused R^2" if fused == "fused_r2" else "fused accuracy"
         cells = [axes[first_row + i // cols][i % cols] for i in range(rows_of[dataset] * cols)]
         short = dataset.split(" (")[0]
 
         ax = cells[0]
-        _method_points(ax, results, lambda r: r["worst_probe_acc"], lambda r: r["worst_probe_acc_std"])
-        ax.set_xlabel("worst-modality probe accuracy")
-        ax.set_ylabel(f"{short}\nfused accuracy")
-        ax.set_title("fused vs worst-modality accuracy (up, right: better)", fontsize=10)
+        _method_points(ax, results, lambda r, w=worst: r[w], lambda r, w=worst: r[f"{w}_std"], y=fused)
+        ax.set_xlabel(worst_name)
+        ax.set_ylabel(f"{short}\n{fused_name}")
+        ax.set_title(f"{fused_name} vs worst modality (up, right: better)", fontsize=10)
         ax.grid(alpha=0.3)
 
         ax = cells[1]
-        _method_points(ax, results, lambda r: 1e3 * r["step_time_s"], None)
+        _method_points(ax, results, lambda r: 1e3 * r["step_time_s"], None, y=fused)
         ax.set_xlabel("ms per training step")
-        ax.set_title("fused accuracy vs time per step", fontsize=10)
+        ax.set_title(f"{fused_name} vs time per step", fontsize=10)
         ax.grid(alpha=0.3)
 
         for m, modality in enumerate(d["modalities"]):
             ax = cells[2 + m]
             for method, r in results.items():
-                curve = r["curves"]["head"][m]
+                curve = r["curves"][curve_key][m]
                 ax.plot(
                     range(1, len(curve) + 1),
                     curve,
@@ -357,7 +373,7 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
                     lw=2.2 if _is_mimo(method) else 1.0,
                     marker="o" if len(curve) == 1 else None,  # one epoch: a point, not an invisible line
                 )
-            ax.set_title(f"{short}, {modality}: head test accuracy", fontsize=10)
+            ax.set_title(f"{short}, {modality}: {curve_name}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             legend_ax = legend_ax or ax
