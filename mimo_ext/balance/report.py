@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -314,14 +315,17 @@ def _method_points(ax, results: dict[str, dict], x, xerr, y: str = "fused_acc") 
 
 
 def _axes_of(results: dict[str, dict]) -> tuple[str, str, str, str, str]:
-    """(fused key, worst-modality key, its name, curve key, curve name) for the results' task and model: the
-    probe where every method has one (late, attention fusion), else the masked accuracy; R^2 for regression."""
+    """(fused key, worst-modality key, its name, curve key, curve name) for the results' task and model: late
+    fusion, the probe and the heads as before; other fusions, the masked accuracy (the measure that compares across
+    fusions); R^2 for regression."""
     rows = list(results.values())
     metric = "r2" if _task(rows) == "regression" else "acc"
     unit = "R^2" if metric == "r2" else "accuracy"
-    worst = "worst_probe_acc" if metric == "acc" and _has(rows, "worst_probe_acc") else f"worst_masked_{metric}"
+    late = all(r["curves"].get("head") is not None for r in rows)
+    probes = late and metric == "acc" and _has(rows, "worst_probe_acc")
+    worst = "worst_probe_acc" if probes else f"worst_masked_{metric}"
     worst_name = f"worst-modality {'probe' if worst.startswith('worst_probe') else 'masked'} {unit}"
-    curve = "head" if all(r["curves"].get("head") is not None for r in rows) else "masked"
+    curve = "head" if late else "masked"
     return f"fused_{metric}", worst, worst_name, curve, f"{curve} test {unit}"
 
 
@@ -347,7 +351,7 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
         fused, worst, worst_name, curve_key, curve_name = _axes_of(results)
         fused_name = "fused R^2" if fused == "fused_r2" else "fused accuracy"
         cells = [axes[first_row + i // cols][i % cols] for i in range(rows_of[dataset] * cols)]
-        short = dataset.split(" (")[0]
+        short = re.sub(r" \(.*?\)", "", dataset)  # "mfeat (pix + fou), early fusion" -> "mfeat, early fusion"
 
         ax = cells[0]
         _method_points(ax, results, lambda r, w=worst: r[w], lambda r, w=worst: r[f"{w}_std"], y=fused)
@@ -373,7 +377,8 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
                     lw=2.2 if _is_mimo(method) else 1.0,
                     marker="o" if len(curve) == 1 else None,  # one epoch: a point, not an invisible line
                 )
-            ax.set_title(f"{short}, {modality}: {curve_name}", fontsize=10)
+            sep = "\n" if "," in short else ", "  # a title with the fusion or the missing rows in it: two lines
+            ax.set_title(f"{short}{sep}{modality}: {curve_name}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             legend_ax = legend_ax or ax
