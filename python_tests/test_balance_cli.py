@@ -167,15 +167,18 @@ def test_default_data_sets_are_the_quick_ones():
 
 
 def test_mfeat_all_has_six_views():
-    names, xs, y, test = cli._load("mfeat-all", ["pix", "fou"])
-    assert names == ["pix", "fac", "kar", "fou", "zer", "mor"] and len(xs) == 6 and test is None
+    d = cli._load("mfeat-all", ["pix", "fou"])
+    names, xs, y = d["names"], d["xs"], d["y"]
+    assert names == ["pix", "fac", "kar", "fou", "zer", "mor"] and len(xs) == 6 and d["test"] is None
     assert all(len(x) == len(y) == 2000 for x in xs)
 
 
 def test_av_digits_noisy_degrades_the_audio_not_the_image():
     from mimo_ext.balance.data import load_av_digits
 
-    names, xs, y, (test_xs, test_y) = cli._load("av-digits-noisy", [])
+    d = cli._load("av-digits-noisy", [])
+    names, xs, y = d["names"], d["xs"], d["y"]
+    assert d["test"] is not None and d["present"] is None
     clean, _ = load_av_digits("mini", degrade="none")
     assert names == ["image", "audio"] and torch.equal(y, clean.labels)
     assert torch.equal(xs[0], clean.modalities[0])  # the image is clean

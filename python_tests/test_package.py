@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import mimo_ext
+import mimo_ext.masking
 import mimo_ext.models
 import mimo_ext.objective
 import mimo_ext.ops
 
-PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "mimo_loss", "optim", "smooth_max"]
+PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "masked_losses", "mimo_loss", "optim", "smooth_max"]
 
 
 def test_public_names():
@@ -26,11 +27,11 @@ def test_public_names():
 
 @pytest.mark.parametrize(
     "module",
-    [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw, mimo_ext.models],
+    [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw, mimo_ext.models, mimo_ext.masking],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
-    results = doctest.testmod(module, extraglobs={"torch": __import__("torch")})
+    results = doctest.testmod(module, extraglobs={"torch": __import__("torch"), "mimo_ext": mimo_ext})
     assert results.attempted > 0 and results.failed == 0
 
 

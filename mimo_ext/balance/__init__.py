@@ -1,12 +1,13 @@
 """Balanced multi-modal training: the balancing methods of the field behind one interface, real offline data,
-:func:`compare`, which trains one late-fusion model with each method under identical settings, and :func:`sweep`,
-which runs one method over a grid of its options (:func:`pareto_front` picks the settings worth keeping).
+:func:`compare`, which trains one model (late, early or attention fusion; classification or regression; complete
+or with missing modalities) with each method under identical settings, and :func:`sweep`, which runs one method
+over a grid of its options (:func:`pareto_front` picks the settings worth keeping).
 
 The main command ``python -m mimo_ext.balance`` runs every method on mfeat (pix + fou) and AV-digits-mini.
 """
 
 from .compare import DEFAULT_METHODS, compare
-from .data import load_av_digits
+from .data import load_av_digits, load_diabetes
 from .methods import METHODS, BalanceMethod, BatchOutputs, StepTimes, make_method
 from .sweep import pareto_front, sweep
 
@@ -18,6 +19,7 @@ __all__ = [
     "StepTimes",
     "compare",
     "load_av_digits",
+    "load_diabetes",
     "make_method",
     "pareto_front",
     "sweep",

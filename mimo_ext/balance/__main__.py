@@ -6,7 +6,9 @@ set (fused accuracy, the worst modality's accuracy, per-modality accuracy, time 
 ``<out>/balance.json`` (every number, the settings and the machine) and ``<out>/balance.png`` (fused accuracy
 against worst-modality probe accuracy and against time per step, and per-modality head accuracy over epochs).
 Other data sets by name (``--datasets``, see :data:`DATASETS`): ``mfeat-all`` (all six views), ``av-digits`` (MNIST
-size) and ``av-digits-noisy`` (the audio degraded instead of the image).
+size), ``av-digits-noisy`` (the audio degraded instead of the image) and ``diabetes`` (regression: vitals + blood
+serum). ``--fusion late early attention`` runs each data set on each fusion (default: late only);
+``--missing fou=0.3`` drops a modality from that fraction of the rows (seeded) and trains and tests with the masks.
 
 ``--sweep gamma=0.5,1,2 mu=0.05,0.1,0.2`` instead runs :func:`mimo_ext.balance.sweep` over that grid (of
 ``--sweep-method``, default mimo) on each data set, plus the ``--methods`` for comparison, and prints and draws
@@ -28,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from ..datasets import MFEAT_VIEWS, load_mfeat
-from .compare import DEFAULT_METHODS, compare, repeated_values
-from .data import load_av_digits
+from ..datasets import MFEAT_VIEWS, drop_rows, load_mfeat
+from ..models import FUSIONS
+from .compare import DEFAULT_METHODS, REGRESSION_LOSSES, compare, repeated_values
+from .data import DIABETES_MODALITIES, load_av_digits, load_diabetes
 from .methods import METHODS, make_method
 from .report import format_sweep_table, format_table, machine_info, plot, plot_sweep, write_json
 from .sweep import pareto_front, sweep
@@ -49,7 +52,24 @@ DATASETS: dict[str, str] = {
     "av-digits": "the same at MNIST size (10,000 28x28 images)",
     "av-digits-noisy": f"AV-digits-mini with the clean image and the audio degraded instead (Gaussian noise of "
     f"{NOISY_AUDIO_STD:g} x each MFCC coefficient's std)",
+    "diabetes": "regression: scikit-learn's diabetes data, 442 patients, vitals (age, sex, BMI, blood pressure) + six "
+    "blood-serum measurements, target disease progression (R^2, MAE)",
 }
+REGRESSION_DATASETS = frozenset({"diabetes"})
+MISSING_SEED = 0  # the seed of the rows --missing drops (the same rows in every run)
+
+
+def modality_names(dataset: str, views: Sequence[str]) -> list[str]:
+    """The modalities of a data set named in DATASETS, in order."""
+    if dataset == "mfeat":
+        return list(views)
+    if dataset == "mfeat-all":
+        return list(MFEAT_VIEWS)
+    if dataset == "diabetes":
+        return list(DIABETES_MODALITIES)
+    return ["image", "audio"]
+
+
 DEFAULT_DATASETS = ("mfeat", "av-digits-mini")
 SWEEP_BASELINES = ("joint", "uniform", "mmpareto")
 
@@ -74,17 +94,31 @@ class ProgressBar:
             print(file=sys.stderr)
 
 
-def _load(dataset: str, views: Sequence[str]):
-    """(modality names, modalities, labels, explicit test set or None) of a data set named in DATASETS."""
+def _load(dataset: str, views: Sequence[str], missing: dict[str, float] | None = None) -> dict:
+    """A data set named in DATASETS: its modality names, modalities, labels, explicit test set (or None), present
+    masks of both (None without ``missing``; only the names it has apply) and task."""
+    names = modality_names(dataset, views)
+    missing = {k: v for k, v in (missing or {}).items() if k in names} or None
+    out = dict(names=names, test=None, present=None, test_present=None, task="classification")
     if dataset in ("mfeat", "mfeat-all"):
-        views = list(views) if dataset == "mfeat" else list(MFEAT_VIEWS)
-        xs, y = load_mfeat(views)
-        return views, xs, y, None
+        loaded = load_mfeat(names, missing=missing, missing_seed=MISSING_SEED)
+        out.update(xs=loaded[0], y=loaded[1], present=loaded[2] if missing else None)
+        return out
+    if dataset == "diabetes":
+        xs, y, _ = load_diabetes()
+        present = None
+        if missing:
+            xs, present = drop_rows(xs, names, missing, torch.Generator().manual_seed(MISSING_SEED))
+        out.update(xs=xs, y=y, present=present, task="regression")
+        return out
+    options = dict(missing=missing, seed=MISSING_SEED)
     if dataset == "av-digits-noisy":
-        train, test = load_av_digits("mini", degrade="audio_noise", noise_std=NOISY_AUDIO_STD)
+        train, test = load_av_digits("mini", degrade="audio_noise", noise_std=NOISY_AUDIO_STD, **options)
     else:
-        train, test = load_av_digits("mini" if dataset == "av-digits-mini" else "mnist")
-    return train.names, train.modalities, train.labels, (test.modalities, test.labels)
+        train, test = load_av_digits("mini" if dataset == "av-digits-mini" else "mnist", **options)
+    out.update(xs=train.modalities, y=train.labels, test=(test.modalities, test.labels))
+    out.update(present=train.present, test_present=test.present)
+    return out
 
 
 # Argument types: a bad value is an argparse error naming the option (exit code 2, no traceback).
@@ -127,6 +161,20 @@ def _sweep_axis(text: str) -> tuple[str, list[float]]:
     return key, parsed
 
 
+def _missing_item(text: str) -> tuple[str, float]:
+    """``"fou=0.3"`` -> ``("fou", 0.3)``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=FRACTION (e.g. fou=0.3), got {text!r}")
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number (in {text!r})") from None
+    if not 0 <= fraction < 1:
+        raise argparse.ArgumentTypeError(f"{name}: the fraction must be in [0, 1), got {value}")
+    return name, fraction
+
+
 def _check_writable(folder: Path) -> str | None:
     """None when files can be created in ``folder`` (created if missing), else why not."""
     probe = folder / f".write_probe_{os.getpid()}"
@@ -152,7 +200,10 @@ def _parser() -> argparse.ArgumentParser:
         + "\n\nexamples:\n"
         "  python -m mimo_ext.balance                                    # the main command (default data sets)\n"
         "  python -m mimo_ext.balance --datasets mfeat-all av-digits-noisy\n"
-        "  python -m mimo_ext.balance --sweep gamma=0.5,1,2 mu=0.05,0.1,0.2 --datasets mfeat",
+        "  python -m mimo_ext.balance --sweep gamma=0.5,1,2 mu=0.05,0.1,0.2 --datasets mfeat\n"
+        "  python -m mimo_ext.balance --fusion early attention --methods joint uniform mmpareto mimo\n"
+        "  python -m mimo_ext.balance --fusion attention --missing fou=0.3 image=0.3  # 30% of the weak side missing\n"
+        "  python -m mimo_ext.balance --datasets diabetes --fusion late early attention  # regression",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -180,6 +231,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help=f"balancing methods, any of {', '.join(sorted(METHODS))} (default: {' '.join(DEFAULT_METHODS)}; "
         f"with --sweep, the methods to compare the sweep with, default: {' '.join(SWEEP_BASELINES)})",
+    )
+    p.add_argument(
+        "--fusion",
+        nargs="+",
+        default=["late"],
+        choices=list(FUSIONS),
+        metavar="FUSION",
+        help="model fusions, any of late (uni-modal heads), early (concatenated inputs, one network), attention "
+        "(a token per modality, a transformer encoder over them); each data set runs on each; without uni-modal "
+        "heads the methods get masked uni-modal losses (default: late)",
+    )
+    p.add_argument(
+        "--missing",
+        nargs="+",
+        type=_missing_item,
+        default=[],
+        metavar="MODALITY=FRACTION",
+        help="drop that modality from that fraction of the rows (drawn at random, seed 0), in every data set that "
+        "has a modality of that name; training and test then use the masks, e.g. fou=0.3 image=0.3",
+    )
+    p.add_argument(
+        "--regression-loss",
+        default="mse",
+        choices=list(REGRESSION_LOSSES),
+        help="the loss of the regression data sets (default: mse)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed (default: 0 1 2)")
     p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
@@ -234,7 +310,23 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
             p.error(f"argument {option}: repeated: {' '.join(map(str, dup))}")
     if "mfeat" in args.datasets and len(args.views) < 2:
         p.error("argument --views: mfeat needs at least 2 views")
+    dup = repeated_values(args.fusion)
+    if dup:
+        p.error(f"argument --fusion: repeated: {' '.join(dup)}")
+    dup = repeated_values([name for name, _ in args.missing])
+    if dup:
+        p.error(f"argument --missing: modality given twice: {' '.join(dup)}")
+    known = {n for dataset in args.datasets for n in modality_names(dataset, args.views)}
+    unknown = [name for name, _ in args.missing if name not in known]
+    if unknown:
+        p.error(
+            f"argument --missing: no data set among {' '.join(args.datasets)} has a modality named "
+            f"{' '.join(unknown)} (they have: {' '.join(sorted(known))})"
+        )
+    args.missing = dict(args.missing)
     if args.sweep:
+        if args.fusion != ["late"] or args.missing or REGRESSION_DATASETS.intersection(args.datasets):
+            p.error("argument --sweep: runs on late fusion, classification data sets and complete data only")
         args.sweep_method = args.sweep_method or "mimo"
         keys = [k for k, _ in args.sweep]
         dup = repeated_values(keys)
@@ -261,33 +353,48 @@ def _load_all(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str,
     loaded = {}
     for dataset in args.datasets:
         try:
-            loaded[dataset] = _load(dataset, args.views)
+            loaded[dataset] = _load(dataset, args.views, args.missing)
         except ImportError as e:
             p.error(f"argument --datasets: {dataset}: {e}")
     return loaded
 
 
-def _title(dataset: str, names: Sequence[str]) -> str:
-    return f"{dataset} ({' + '.join(names)})"
+def _title(dataset: str, names: Sequence[str], fusion: str = "late", missing: dict[str, float] | None = None) -> str:
+    """``"mfeat (pix + fou)"``, then the fusion unless late and the missing modalities, e.g. ``"mfeat (pix + fou),
+    attention fusion, 30% of fou missing"``."""
+    title = f"{dataset} ({' + '.join(names)})"
+    if fusion != "late":
+        title += f", {fusion} fusion"
+    dropped = [f"{100 * f:g}% of {n}" for n, f in (missing or {}).items() if n in names and f > 0]
+    if dropped:
+        title += f", {' and '.join(dropped)} missing"
+    return title
 
 
 def _run_compare(args, loaded, progress: Callable[[str, str], None]) -> int:
     report: dict[str, dict] = {}
     tables = []
-    for dataset, (names, xs, y, test) in loaded.items():
-        results = compare(
-            xs,
-            y,
-            args.methods,
-            args.seeds,
-            args.epochs,
-            test=test,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            progress=lambda msg, d=dataset: progress(d, msg),
-        )
-        report[_title(dataset, names)] = dict(modalities=names, results=results)
-        tables.append(format_table(_title(dataset, names), names, results))
+    for dataset, d in loaded.items():
+        for fusion in args.fusion:
+            title = _title(dataset, d["names"], fusion, args.missing)
+            results = compare(
+                d["xs"],
+                d["y"],
+                args.methods,
+                args.seeds,
+                args.epochs,
+                fusion=fusion,
+                task=d["task"],
+                present=d["present"],
+                test=d["test"],
+                test_present=d["test_present"],
+                regression_loss=args.regression_loss,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                progress=lambda msg, d=dataset, f=fusion: progress(d if f == "late" else f"{d} {f}", msg),
+            )
+            report[title] = dict(modalities=d["names"], fusion=fusion, task=d["task"], results=results)
+            tables.append(format_table(title, d["names"], results))
     print()
     for table in tables:
         print(table + "\n")
@@ -307,8 +414,9 @@ def _run_sweep(args, loaded, progress: Callable[[str, str], None]) -> int:
     grid = dict(args.sweep)
     report: dict[str, dict] = {}
     tables, figures = [], []
-    for dataset, (names, xs, y, test) in loaded.items():
-        options = dict(test=test, batch_size=args.batch_size, lr=args.lr)
+    for dataset, d in loaded.items():
+        names, xs, y = d["names"], d["xs"], d["y"]
+        options = dict(test=d["test"], batch_size=args.batch_size, lr=args.lr)
         points = sweep(
             xs,
             y,
@@ -367,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     loaded = _load_all(p, args)
 
-    runs_per_dataset = len(args.methods) + (math.prod(len(v) for _, v in args.sweep) if args.sweep else 0)
+    runs_per_dataset = len(args.methods) * len(args.fusion)
+    runs_per_dataset += math.prod(len(v) for _, v in args.sweep) if args.sweep else 0
     bar = ProgressBar(len(args.datasets) * runs_per_dataset * len(args.seeds))
 
     def progress(dataset: str, message: str) -> None:

@@ -1,6 +1,7 @@
-"""``compare``: train the same late-fusion model with several balancing methods under identical settings and
-report accuracy (fused, per uni-modal head, per linear probe), time per step (forward, backward, weighting
-subroutine, optimizer step) and peak memory, as means over seeds.
+"""``compare``: train the same model (late, early or attention fusion) with several balancing methods under
+identical settings and report accuracy (fused, per modality masked, per uni-modal head and per linear probe where
+the model has them; R^2 and MAE for regression), time per step (forward, backward, weighting subroutine, optimizer
+step) and peak memory, as means over seeds.
 
 Identical settings for every method: the same split, preprocessing (per-feature standardisation with the training
 rows' statistics), model and initialisation per seed, batches per seed, optimizer (AdamW with ``fused=True``;
@@ -14,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import statistics
 import sys
@@ -23,18 +25,22 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..datasets import stratified_split
-from ..models import late_fusion_for
+from ..datasets import stratified_split, train_test_split
+from ..models import FUSIONS, attention_fusion_for, early_fusion_for, late_fusion_for
 from ..optim import MIMOAdamW
-from .evaluation import evaluate, probe_accuracies, standardize_like
+from .evaluation import LOWER_IS_BETTER, METRICS, evaluate_model, probe_accuracies, standardize_like
 from .methods import METHODS, make_method
 from .methods.base import forward_batch
 
 __all__ = ["DEFAULT_METHODS", "compare", "prepare_split"]
 
 DEFAULT_METHODS = ("joint", "uniform", "ogm_ge", "mmpareto", "mgda", "pcgrad", "cagrad", "mimo", "mimo_fused")
+TASKS = tuple(METRICS)
+# regression_loss -> the loss (torch.nn.functional's, called with reduction= as mimo_ext.masking's contract says).
+REGRESSION_LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss}
 
 Split = tuple[list[torch.Tensor], torch.Tensor]
 Progress = Callable[[str], None]
@@ -69,11 +75,31 @@ def _check_finite(x: torch.Tensor, original: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} has a value ({value}) beyond float32's range in row {found[0]}")
 
 
+def _checked_present(present, n: int, count: int, what: str) -> list[torch.Tensor] | None:
+    if present is None:
+        return None
+    if isinstance(present, (torch.Tensor, np.ndarray)) or not isinstance(present, Sequence) or len(present) != count:
+        raise ValueError(f"{what}present must be a list of {count} bool masks (one per modality), got {present!r:.80}")
+    masks = []
+    for m, mask in enumerate(present):
+        mask = _from_numpy(mask)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+            raise ValueError(f"{what}present[{m}] must be a bool tensor or array of shape [{n}], got {mask!r:.80}")
+        masks.append(mask.cpu())
+    return masks
+
+
 def _checked_data(
-    modalities: Sequence, labels, what: str, num_classes: int | None
-) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
-    """The data as training sees it (modalities float32, labels int64, numpy arrays as tensors), after checking
-    it; and, for the warning, the modalities whose dtype was changed (e.g. ``"modalities[0] (float64)"``)."""
+    modalities: Sequence,
+    labels,
+    what: str,
+    num_classes: int | None,
+    task: str = "classification",
+    present=None,
+) -> tuple[list[torch.Tensor], torch.Tensor, list[str], list[torch.Tensor] | None]:
+    """The data as training sees it (modalities float32, labels int64 or, for regression, float32 targets
+    ``[N, T]``, numpy arrays as tensors, missing rows zeroed), after checking it; for the warning, the modalities
+    whose dtype was changed (e.g. ``"modalities[0] (float64)"``); and the present masks (checked, on the CPU)."""
     if isinstance(modalities, (torch.Tensor, np.ndarray)) or not isinstance(modalities, Sequence):
         raise TypeError(
             f"{what}modalities must be a list of tensors or numpy arrays (one per modality), "
@@ -82,9 +108,28 @@ def _checked_data(
     if len(modalities) < 2:
         raise ValueError(f"{what}modalities must hold at least 2 modalities (late fusion), got {len(modalities)}")
     labels = _from_numpy(labels)
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"{what}labels must be a 1-D integer tensor or numpy array, got {labels!r:.80}")
-    labels = labels.long()
+    if task == "regression":
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.dim() not in (1, 2)
+            or labels.is_complex()
+            or labels.dtype == torch.bool
+        ):
+            raise ValueError(f"{what}labels (regression targets) must be a 1-D or 2-D real tensor, got {labels!r:.80}")
+        labels = labels.float().reshape(len(labels), -1)
+        found = _first_non_finite(labels) if len(labels) else None
+        if found is not None:
+            raise ValueError(f"{what}labels has a non-finite value ({found[1]}) in row {found[0]}")
+    else:
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.dim() != 1
+            or labels.is_floating_point()
+            or labels.is_complex()
+        ):
+            raise ValueError(f"{what}labels must be a 1-D integer tensor or numpy array, got {labels!r:.80}")
+        labels = labels.long()
+    present = _checked_present(present, len(labels), len(modalities), what)
     xs, converted = [], []
     for m, x in enumerate(modalities):
         x = _from_numpy(x)
@@ -96,40 +141,123 @@ def _checked_data(
             raise ValueError(f"{what}modalities[{m}] has {len(x)} rows but labels has {len(labels)}")
         if not x.is_floating_point():
             raise ValueError(f"{what}modalities[{m}] must be floating point, got {x.dtype}")
+        if present is not None:
+            # Missing rows may hold anything (the loaders put NaN there): they are never read.
+            x = torch.where(present[m].to(x.device).view(-1, *([1] * (x.dim() - 1))), x, 0.0)
         # The models are float32; float64 input would fail inside nn.Linear ("mat1 and mat2 must have the same
         # dtype"), so convert, and let the caller say so.
         x32 = x.float()
-        if x32 is not x:
+        if x.dtype != torch.float32:
             converted.append(f"{what}modalities[{m}] ({str(x.dtype).removeprefix('torch.')})")
         _check_finite(x32, x, f"{what}modalities[{m}]")
         xs.append(x32)
     if len(labels) == 0:
         raise ValueError(f"{what}labels is empty")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or (num_classes is not None and high >= num_classes):
-        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-        raise ValueError(f"{what}labels must be in {bound}, got values from {low} to {high}")
-    return xs, labels, converted
+    if task != "regression":
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ValueError(f"{what}labels must be in {bound}, got values from {low} to {high}")
+    return xs, labels, converted, present
 
 
 TestSet = tuple[Sequence[torch.Tensor], torch.Tensor]
 
 
 def _checked_inputs(
-    modalities: Sequence, labels, test: TestSet | None, num_classes: int | None
-) -> tuple[list[torch.Tensor], torch.Tensor, TestSet | None, str | None]:
-    """Training and test data checked and converted as :func:`compare` trains on them (see its docstring), and
-    the warning to give when a dtype was converted (None when none was). Raises before any training."""
-    modalities, labels, converted = _checked_data(modalities, labels, "", num_classes)
+    modalities: Sequence,
+    labels,
+    test: TestSet | None,
+    num_classes: int | None,
+    *,
+    task: str = "classification",
+    present=None,
+    test_present=None,
+) -> tuple[list[torch.Tensor], torch.Tensor, TestSet | None, str | None, list | None, list | None]:
+    """Training and test data checked and converted as :func:`compare` trains on them (see its docstring), the
+    warning to give when a dtype was converted (None when none was), and the present masks of both (None when not
+    given). Raises before any training."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    if test_present is not None and test is None:
+        raise ValueError("test_present describes an explicit test set: pass test= too (or put the masks in present=)")
+    modalities, labels, converted, present = _checked_data(modalities, labels, "", num_classes, task, present)
     if test is not None:
-        test_x, test_y, test_converted = _checked_data(test[0], test[1], "test ", num_classes)
+        test_x, test_y, test_converted, test_present = _checked_data(
+            test[0], test[1], "test ", num_classes, task, test_present
+        )
         if len(test_x) != len(modalities):
             raise ValueError(f"test has {len(test_x)} modalities but modalities has {len(modalities)}")
+        if task == "regression" and test_y.shape[1] != labels.shape[1]:
+            raise ValueError(f"test labels have {test_y.shape[1]} target columns but labels have {labels.shape[1]}")
         test, converted = (test_x, test_y), converted + test_converted
     warning = None
     if converted:
         warning = f"{', '.join(converted)} converted to float32: the models train in float32"
-    return modalities, labels, test, warning
+    return modalities, labels, test, warning, present, test_present
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """The split, standardised, with its masks (None: every row has every modality) and, for regression, the
+    targets' training mean and standard deviation per column (the targets are standardised with them)."""
+
+    train: Split
+    test: Split
+    train_present: list[torch.Tensor] | None = None
+    test_present: list[torch.Tensor] | None = None
+    target_mean: torch.Tensor | None = None
+    target_std: torch.Tensor | None = None
+
+
+def _prepare(
+    modalities: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    test: TestSet | None,
+    test_fraction: float,
+    split_seed: int,
+    *,
+    task: str = "classification",
+    present: Sequence[torch.Tensor] | None = None,
+    test_present: Sequence[torch.Tensor] | None = None,
+    fill: float = 0.0,
+) -> _Prepared:
+    """The train/test split (unless ``test`` is given: classification stratified by class, regression at random,
+    drawn from split_seed), every modality standardised per feature by the statistics of the training rows that
+    have it, missing rows set to ``fill``; regression targets standardised per column by the training rows'."""
+    if test is None:
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if task == "regression":
+            tr, te = train_test_split(len(labels), test_fraction, split_seed)
+        else:
+            tr, te = stratified_split(labels, test_fraction, torch.Generator().manual_seed(split_seed))
+        train = ([x[tr] for x in modalities], labels[tr])
+        test = ([x[te] for x in modalities], labels[te])
+        if present is not None:
+            present, test_present = [p[tr] for p in present], [p[te] for p in present]
+    else:
+        train = (list(modalities), labels)
+    if present is not None:
+        for m, mask in enumerate(present):
+            if int(mask.sum()) < 2:
+                raise ValueError(f"modalities[{m}] is present in {int(mask.sum())} training rows: at least 2 needed")
+    train_x, test_x = [], []
+    for m, (a, b) in enumerate(zip(train[0], test[0], strict=True)):
+        a, b = standardize_like(a, b, None if present is None else present[m])
+        if present is not None:
+            a = torch.where(present[m].view(-1, *([1] * (a.dim() - 1))), a, fill)
+        if test_present is not None:
+            b = torch.where(test_present[m].view(-1, *([1] * (b.dim() - 1))), b, fill)
+        train_x.append(a)
+        test_x.append(b)
+    prepared = _Prepared((train_x, train[1]), (test_x, test[1]), present, test_present)
+    if task == "regression":
+        mean, std = train[1].mean(dim=0), train[1].std(dim=0).clamp_min(1e-12)
+        prepared.train = (train_x, (train[1] - mean) / std)
+        prepared.test = (test_x, (test[1] - mean) / std)
+        prepared.target_mean, prepared.target_std = mean, std
+    return prepared
 
 
 def prepare_split(
@@ -141,16 +269,8 @@ def prepare_split(
 ) -> tuple[Split, Split]:
     """The train/test split (stratified by class, drawn from split_seed, unless ``test`` is given) with every
     modality standardised per feature by the training rows' statistics."""
-    if test is None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        tr, te = stratified_split(labels, test_fraction, torch.Generator().manual_seed(split_seed))
-        train = ([x[tr] for x in modalities], labels[tr])
-        test = ([x[te] for x in modalities], labels[te])
-    else:
-        train = (list(modalities), labels)
-    pairs = [standardize_like(a, b) for a, b in zip(train[0], test[0], strict=True)]
-    return ([a for a, _ in pairs], train[1]), ([b for _, b in pairs], test[1])
+    prepared = _prepare(modalities, labels, test, test_fraction, split_seed)
+    return prepared.train, prepared.test
 
 
 def _sync(device: torch.device) -> None:
@@ -166,10 +286,15 @@ class _Timer:
         self.steps = 0
 
 
-def _train_step(model, method, optimizer, inputs, y, device, timer: _Timer | None) -> None:
+def _train_step(model, method, optimizer, inputs, y, device, timer: _Timer | None, present=None, data=None) -> None:
     _sync(device)
     t0 = time.perf_counter()
-    out = forward_batch(model, inputs, y)
+    if data is None:
+        out = forward_batch(model, inputs, y, uni_losses=method.uses_uni_losses)
+    else:
+        out = forward_batch(
+            model, inputs, y, loss_fn=data.loss_fn, present=present, fill=data.fill, uni_losses=method.uses_uni_losses
+        )
     _sync(device)
     t1 = time.perf_counter()
     optimizer.zero_grad()
@@ -285,6 +410,12 @@ class _Data:
     test_y: torch.Tensor
     classes: int
     device: torch.device
+    task: str = "classification"
+    loss_fn: Callable = F.cross_entropy
+    fill: float = 0.0
+    train_present: list[torch.Tensor] | None = None
+    test_present: list[torch.Tensor] | None = None
+    target_std: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -298,49 +429,74 @@ class _Build:
     batch_size: int
     epochs: int
     probe_steps: int
+    fusion: str = "late"
+
+
+def _model(build: _Build, data: _Data) -> nn.Module:
+    encoders = list(build.encoders()) if build.encoders else None
+    if build.fusion == "early":
+        return early_fusion_for(data.train_x, data.classes, feature_dim=build.feature_dim)
+    builder = attention_fusion_for if build.fusion == "attention" else late_fusion_for
+    return builder(data.train_x, data.classes, encoders, build.feature_dim)
+
+
+def _evaluate(model: nn.Module, data: _Data) -> dict:
+    return evaluate_model(
+        model,
+        data.test_x,
+        data.test_y,
+        task=data.task,
+        present=data.test_present,
+        fill=data.fill,
+        scale=data.target_std,
+    )
 
 
 def _run(name: str, seed: int, options: dict, data: _Data, build: _Build, measure_memory: bool) -> dict:
-    """One method trained from one seed: its accuracies, curves, step times and (if asked) peak step memory."""
+    """One method trained from one seed: its metrics, curves, step times and (if asked) peak step memory."""
     # Everything random in the run draws from this seed (init, method randomness) or from `order` (batches), so
     # the run's numbers do not depend on which runs came before it.
     torch.manual_seed(seed)
     device, n = data.device, len(data.train_y)
-    encoders = list(build.encoders()) if build.encoders else None
-    model = late_fusion_for(data.train_x, data.classes, encoders, build.feature_dim).to(device)
+    model = _model(build, data).to(device)
     method = make_method(name, **options)
     optimizer = _make_optimizer(name, model, build.lr, build.weight_decay, options)
     order = torch.Generator().manual_seed(seed)
     timer = _Timer()
-    curve_fused, curve_heads = [], []
+    curves = []
     model.train()
+
+    def rows(masks, idx):
+        return None if masks is None else [p[idx] for p in masks]
+
     for _ in range(build.epochs):
         perm = torch.randperm(n, generator=order).to(device)
         for start in range(0, n, build.batch_size):
             idx = perm[start : start + build.batch_size]
-            _train_step(model, method, optimizer, [x[idx] for x in data.train_x], data.train_y[idx], device, timer)
-        fused, heads = evaluate(model, data.test_x, data.test_y)
-        curve_fused.append(fused)
-        curve_heads.append(heads)
-    fused, heads = evaluate(model, data.test_x, data.test_y)
-    probes = probe_accuracies(
-        model, (data.train_x, data.train_y), (data.test_x, data.test_y), data.classes, build.probe_steps
-    )
+            inputs, present = [x[idx] for x in data.train_x], rows(data.train_present, idx)
+            _train_step(model, method, optimizer, inputs, data.train_y[idx], device, timer, present, data)
+        curves.append(_evaluate(model, data))
+    metrics = _evaluate(model, data)
+    probes = None
+    if data.task == "classification" and hasattr(model, "features"):
+        probes = probe_accuracies(
+            model,
+            (data.train_x, data.train_y),
+            (data.test_x, data.test_y),
+            data.classes,
+            build.probe_steps,
+            train_present=data.train_present,
+            test_present=data.test_present,
+        )
     peak = None
     if measure_memory:
-        batch = [x[: build.batch_size] for x in data.train_x], data.train_y[: build.batch_size]
-        step = functools.partial(_train_step, model, method, optimizer, *batch, device, None)
+        first = torch.arange(min(build.batch_size, n), device=device)
+        batch = [x[first] for x in data.train_x], data.train_y[first]
+        step = functools.partial(
+            _train_step, model, method, optimizer, *batch, device, None, rows(data.train_present, first), data
+        )
         peak = _peak_step_memory(step, device)
-    return dict(
-        seed=seed,
-        fused_acc=fused,
-        head_acc=heads,
-        probe_acc=probes,
-        timer=timer,
-        curve_fused=curve_fused,
-        curve_heads=curve_heads,
-        peak=peak,
-    )
+    return dict(seed=seed, metrics=metrics, probes=probes, timer=timer, curves=curves, peak=peak)
 
 
 def compare(
@@ -350,7 +506,11 @@ def compare(
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
     *,
+    fusion: str = "late",
+    task: str = "classification",
+    present: Sequence[torch.Tensor | np.ndarray] | None = None,
     test: tuple[Sequence[torch.Tensor | np.ndarray], torch.Tensor | np.ndarray] | None = None,
+    test_present: Sequence[torch.Tensor | np.ndarray] | None = None,
     num_classes: int | None = None,
     encoders: Callable[[], Sequence[nn.Module]] | None = None,
     method_options: dict[str, dict] | None = None,
@@ -361,16 +521,27 @@ def compare(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     probe_steps: int = 200,
+    regression_loss: str = "mse",
+    fill: float = 0.0,
     measure_memory: bool = True,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> dict[str, dict]:
-    """Trains a late-fusion model with each method and seed under identical settings and reports the results.
+    """Trains a model of the given fusion with each method and seed under identical settings and reports the
+    results.
+
+    Every method runs on every fusion. Late fusion takes the uni-modal losses f_m from its uni-modal heads; early
+    and attention fusion have none, and the methods that need f_m get the masked losses
+    (:func:`mimo_ext.masked_losses`: the model's loss with every modality but m filled with ``fill``, 0 after the
+    standardisation here); joint training and OGM-GE, which never optimise f_m, run one forward. What each method
+    does without uni-modal heads is in its docstring (:mod:`mimo_ext.balance.methods`). The comparable measure of how
+    well each modality was learned, for every fusion, is ``masked_acc``: the model's test accuracy with only that
+    modality present.
 
     Every input is checked before any training. Tensors and numpy arrays are accepted; the models train in
     float32, so modalities of another floating dtype (float64, say) are converted, with one warning per call
-    naming them. NaN or infinite values are refused (the ValueError names the modality and the first bad row),
-    as are duplicate method names.
+    naming them. NaN or infinite values are refused (the ValueError names the modality and the first bad row;
+    rows marked missing in ``present`` are not read), as are duplicate method names.
 
     The runs are interleaved: for each seed, every method in turn, so that a slow spell of the machine falls on
     all methods alike rather than on the ones that happened to run during it. Each run seeds itself (model
@@ -380,45 +551,78 @@ def compare(
     Args:
         modalities: one tensor or numpy array per modality (M >= 2), one row per sample: ``[N, D]`` vectors (MLP
             encoder), ``[N, C, L]`` sequences (1-D CNN) or ``[N, C, H, W]`` images (small CNN), unless
-            ``encoders`` is given.
-        labels: ``[N]`` integer class labels in ``[0, num_classes)`` (tensor or numpy array).
+            ``encoders`` is given (early fusion flattens each sample and concatenates them).
+        labels: ``[N]`` integer class labels in ``[0, num_classes)`` (tensor or numpy array); for regression
+            ``[N]`` or ``[N, T]`` real targets.
         methods: names from :data:`mimo_ext.balance.methods.METHODS`, each at most once.
         seeds: one training run per seed and method (initialisation, batch order, method randomness).
         epochs: passes over the training split.
-        test: an explicit ``(modalities, labels)`` test set; otherwise a stratified ``test_fraction`` split drawn
-            from ``split_seed`` (the same for every seed and method).
-        num_classes: default ``labels.max() + 1``.
+        fusion: ``"late"`` (:func:`~mimo_ext.models.late_fusion_for`), ``"early"``
+            (:func:`~mimo_ext.models.early_fusion_for`) or ``"attention"``
+            (:func:`~mimo_ext.models.attention_fusion_for`).
+        task: ``"classification"`` (cross-entropy; accuracy) or ``"regression"`` (float targets, standardised per
+            column with the training rows' statistics; ``regression_loss``; R^2 and MAE where classification has
+            accuracy, MAE in the targets' units; a random instead of a stratified split; no linear probes).
+        present: optional, one ``[N]`` bool mask per modality (False: the row lacks that modality; its values are
+            never read). Training and test use them: missing inputs are filled, f0 averages over the rows with any
+            modality and each f_m over the rows with modality m; standardisation uses the rows present; the test
+            metrics of modality m (masked, head, probe) are over the test rows that have it, the fused ones over all
+            test rows with the missing inputs filled. ``settings["present_rows"]`` counts the rows per modality.
+        test: an explicit ``(modalities, labels)`` test set; otherwise a ``test_fraction`` split (stratified for
+            classification) drawn from ``split_seed`` (the same for every seed and method).
+        test_present: with ``test``, its masks (as ``present``).
+        num_classes: default ``labels.max() + 1`` (classification only).
         encoders: a factory returning fresh encoder modules (one per modality, each ending in ``feature_dim``
-            features), called once per run.
+            features), called once per run; late and attention fusion (early fusion has one network).
         method_options: per method name, keyword options for it (e.g. ``{"mimo": {"mu": 0.05}}``).
+        regression_loss: ``"mse"`` (default) or ``"huber"`` (delta 1, on the standardised targets).
+        fill: the value that stands in for missing and masked modalities (0: the training mean of every feature).
         measure_memory: measure each method's peak memory on one extra step after its first seed.
         progress: called with a short line after each run (the main command draws its progress bar with it).
 
     Returns:
-        A dict keyed by method name, in the order of ``methods``. Each entry holds:
+        A dict keyed by method name, in the order of ``methods``. Each entry holds, with ``acc`` standing for each
+        metric of the task (classification ``acc``; regression ``r2`` and ``mae``, each with the same keys):
 
         - ``fused_acc``, ``fused_acc_std``: fused test accuracy, mean and sample standard deviation over seeds
           (every ``_std`` is 0.0 for a single seed).
-        - ``head_acc``, ``head_acc_std``, ``probe_acc``, ``probe_acc_std``: one float per modality: the
-          uni-modal head's test accuracy, and a linear probe's on the frozen encoder features.
-        - ``worst_head_acc``, ``worst_head_acc_std``, ``worst_probe_acc``, ``worst_probe_acc_std``: per seed the
-          lowest accuracy over the modalities (the weakest modality of that run), then mean and sample standard
-          deviation over seeds. Not the minimum of ``head_acc``/``probe_acc``: the weakest modality may differ
-          between seeds.
+        - ``masked_acc``, ``masked_acc_std``: one float per modality: the test accuracy with only that modality
+          present (every fusion).
+        - ``head_acc``, ``head_acc_std`` (late fusion; None otherwise), ``probe_acc``, ``probe_acc_std``
+          (classification with late or attention fusion; None otherwise): one float per modality: the uni-modal
+          head's test accuracy, and a linear probe's on the frozen encoder features.
+        - ``worst_masked_acc``, ``worst_head_acc``, ``worst_probe_acc`` (each with ``_std``; None where the
+          per-modality values are): per seed the worst value over the modalities (the weakest modality of that
+          run: the lowest, the highest for ``mae``), then mean and sample standard deviation over seeds. Not the
+          minimum of the per-modality means: the weakest modality may differ between seeds.
         - ``step_time_s``: mean seconds per training step, and ``step_time_split_s``: its ``forward``,
           ``backward``, ``weighting`` and ``optimizer`` parts.
         - ``peak_memory_bytes``: one step, above the memory held before it; None when not measured.
-        - ``curves``: per epoch, means over seeds: ``fused`` and per modality ``head`` test accuracy.
-        - ``per_seed``: per run ``seed``, ``fused_acc``, ``head_acc``, ``probe_acc``, ``worst_head_acc``,
-          ``worst_probe_acc`` and ``step_time_s``.
-        - ``settings``: everything that was held equal (optimizer, lr, epochs, split, ...), the method's
-          ``method_options``, and what the times were measured under, the same for every method: ``threads``
-          (``torch.get_num_threads()``), ``cpu_count`` (``os.cpu_count()``), ``load_before`` and ``load_after``
-          (the 1/5/15-minute load averages before the first run and after the last, None where unavailable)
-          and ``busy``: True when either 1-minute load exceeds ``cpu_count - threads + 0.5``, i.e. other
-          processes competed for the cores, so the times are suspect.
+        - ``curves``: per epoch, means over seeds of the task's first metric (accuracy, R^2): ``fused``, and per
+          modality ``masked`` and (late fusion) ``head``.
+        - ``per_seed``: per run ``seed``, every ``fused_*``, ``masked_*``, ``head_*``, ``worst_*`` and
+          ``probe_acc`` value, and ``step_time_s``.
+        - ``settings``: everything that was held equal (optimizer, lr, epochs, split, ``fusion``, ``task``, ...,
+          with masks ``present_rows``: per side the rows that have each modality, and the rows in all), the
+          method's ``method_options``, and what the times were measured under, the same for every method:
+          ``threads`` (``torch.get_num_threads()``), ``cpu_count`` (``os.cpu_count()``), ``load_before`` and
+          ``load_after`` (the 1/5/15-minute load averages before the first run and after the last, None where
+          unavailable) and ``busy``: True when either 1-minute load exceeds ``cpu_count - threads + 0.5``, i.e.
+          other processes competed for the cores, so the times are suspect.
     """
-    modalities, labels, test, converted = _checked_inputs(modalities, labels, test, num_classes)
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
+    if fusion == "early" and encoders is not None:
+        raise ValueError("encoders= does not apply to fusion='early' (one network over the concatenated inputs)")
+    if regression_loss not in REGRESSION_LOSSES:
+        raise ValueError(f"regression_loss must be one of {list(REGRESSION_LOSSES)}, got {regression_loss!r}")
+    if task == "regression" and num_classes is not None:
+        raise ValueError("num_classes is for classification; regression predicts one output per target column")
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+        raise ValueError(f"fill must be a finite number, got {fill!r}")
+    modalities, labels, test, converted, present, test_present = _checked_inputs(
+        modalities, labels, test, num_classes, task=task, present=present, test_present=test_present
+    )
     if converted:
         warnings.warn(converted, stacklevel=2)
     unknown = [m for m in methods if m not in METHODS]
@@ -434,17 +638,40 @@ def compare(
         raise ValueError(f"duplicate seed(s) {duplicates}: each seed must be listed once")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    classes = num_classes if num_classes is not None else int(labels.max()) + 1
+    if task == "regression":
+        classes = labels.shape[1]
+    else:
+        classes = num_classes if num_classes is not None else int(labels.max()) + 1
     method_options = method_options or {}
     device = torch.device(device)
-    train, test_split = prepare_split(modalities, labels, test, test_fraction, split_seed)
+    prepared = _prepare(
+        modalities,
+        labels,
+        test,
+        test_fraction,
+        split_seed,
+        task=task,
+        present=present,
+        test_present=test_present,
+        fill=float(fill),
+    )
+
+    def on_device(masks):
+        return None if masks is None else [p.to(device) for p in masks]
+
     data = _Data(
-        train_x=[x.to(device) for x in train[0]],
-        train_y=train[1].to(device),
-        test_x=[x.to(device) for x in test_split[0]],
-        test_y=test_split[1].to(device),
+        train_x=[x.to(device) for x in prepared.train[0]],
+        train_y=prepared.train[1].to(device),
+        test_x=[x.to(device) for x in prepared.test[0]],
+        test_y=prepared.test[1].to(device),
         classes=classes,
         device=device,
+        task=task,
+        loss_fn=REGRESSION_LOSSES[regression_loss] if task == "regression" else F.cross_entropy,
+        fill=float(fill),
+        train_present=on_device(prepared.train_present),
+        test_present=on_device(prepared.test_present),
+        target_std=None if prepared.target_std is None else prepared.target_std.to(device),
     )
     settings = dict(
         optimizer="AdamW, fused=True (mimo_fused: MIMOAdamW)",
@@ -461,19 +688,42 @@ def compare(
         num_classes=classes,
         device=str(device),
     )
+    # Keys added for fusions, tasks and masks only where they differ from the late-fusion classification defaults,
+    # so that the settings line of a plain run reads as before.
+    if fusion != "late":
+        settings.update(fusion=fusion, fill=float(fill))
+    if task == "regression":
+        del settings["num_classes"]
+        settings.update(
+            task=task,
+            targets=classes,
+            loss=regression_loss,
+            preprocessing="per-feature standardisation, targets standardised (train stats)",
+            split="explicit test set" if test is not None else f"random {test_fraction} test, split_seed {split_seed}",
+        )
+    if present is not None or test_present is not None:
+        settings["fill"] = float(fill)
+        settings["present_rows"] = {
+            side: [int(p.sum()) for p in masks] if masks is not None else [len(y)] * len(modalities)
+            for side, masks, y in (
+                ("train", prepared.train_present, data.train_y),
+                ("test", prepared.test_present, data.test_y),
+            )
+        }
     options = {name: dict(method_options.get(name, {})) for name in methods}
     for name in methods:
         make_method(name, **options[name])  # a bad option fails now, not after the methods before it trained
-    build = _Build(encoders, feature_dim, lr, weight_decay, batch_size, epochs, probe_steps)
+    build = _Build(encoders, feature_dim, lr, weight_decay, batch_size, epochs, probe_steps, fusion)
 
     threads, load_before = torch.get_num_threads(), _load_average()
     runs: dict[str, list[dict]] = {name: [] for name in methods}
+    primary = METRICS[task][0]
     for seed in seeds:
         for name in methods:
             run = _run(name, seed, options[name], data, build, measure_memory and seed == seeds[0])
             runs[name].append(run)
             if progress is not None:
-                progress(f"{name} seed {seed}: fused {run['fused_acc']:.3f}")
+                progress(f"{name} seed {seed}: fused {run['metrics']['fused'][primary]:.3f}")
     load_after, cores = _load_average(), os.cpu_count()
     settings.update(
         threads=threads,
@@ -482,51 +732,78 @@ def compare(
         load_after=load_after,
         busy=_busy(load_before, load_after, threads, cores),
     )
-    return {name: _summarise(runs[name], settings, options[name]) for name in methods}
+    return {name: _summarise(runs[name], settings, options[name], task) for name in methods}
 
 
-def _summarise(runs: list[dict], settings: dict, options: dict) -> dict:
-    m = len(runs[0]["head_acc"])
-    fused, fused_std = _mean_std([r["fused_acc"] for r in runs])
-    heads = [_mean_std([r["head_acc"][i] for r in runs]) for i in range(m)]
-    probes = [_mean_std([r["probe_acc"][i] for r in runs]) for i in range(m)]
-    worst_head, worst_head_std = _mean_std([min(r["head_acc"]) for r in runs])
-    worst_probe, worst_probe_std = _mean_std([min(r["probe_acc"]) for r in runs])
+def _worst(values: Sequence[float], metric: str) -> float:
+    return max(values) if metric in LOWER_IS_BETTER else min(values)
+
+
+def _per_modality(runs: list[dict], values: Callable[[dict], list[float] | None], metric: str, key: str) -> dict:
+    """``{key: means, key_std: stds, worst_key: ..., worst_key_std: ...}`` over the runs' per-modality values (all
+    None when the runs have none)."""
+    if values(runs[0]) is None:
+        return {key: None, f"{key}_std": None, f"worst_{key}": None, f"worst_{key}_std": None}
+    m = len(values(runs[0]))
+    stats = [_mean_std([values(r)[i] for r in runs]) for i in range(m)]
+    worst, worst_std = _mean_std([_worst(values(r), metric) for r in runs])
+    return {
+        key: [v[0] for v in stats],
+        f"{key}_std": [v[1] for v in stats],
+        f"worst_{key}": worst,
+        f"worst_{key}_std": worst_std,
+    }
+
+
+def _summarise(runs: list[dict], settings: dict, options: dict, task: str = "classification") -> dict:
+    summary: dict = {}
+    per_seed: list[dict] = [dict(seed=r["seed"]) for r in runs]
+    for metric in METRICS[task]:
+        fused, fused_std = _mean_std([r["metrics"]["fused"][metric] for r in runs])
+        summary[f"fused_{metric}"], summary[f"fused_{metric}_std"] = fused, fused_std
+        for kind in ("masked", "head"):
+            source = "heads" if kind == "head" else kind
+
+            def values(r, source=source, metric=metric):
+                parts = r["metrics"][source]
+                return None if parts is None else [p[metric] for p in parts]
+
+            summary.update(_per_modality(runs, values, metric, f"{kind}_{metric}"))
+            for row, r in zip(per_seed, runs, strict=True):
+                v = values(r)
+                row[f"{kind}_{metric}"] = v
+                row[f"worst_{kind}_{metric}"] = None if v is None else _worst(v, metric)
+        for row, r in zip(per_seed, runs, strict=True):
+            row[f"fused_{metric}"] = r["metrics"]["fused"][metric]
+    summary.update(_per_modality(runs, lambda r: r["probes"], "acc", "probe_acc"))
+    for row, r in zip(per_seed, runs, strict=True):
+        row["probe_acc"] = r["probes"]
+        row["worst_probe_acc"] = None if r["probes"] is None else min(r["probes"])
+        row["step_time_s"] = r["timer"].total / max(r["timer"].steps, 1)
     steps = sum(r["timer"].steps for r in runs)
     split = {
         part: sum(getattr(r["timer"], part) for r in runs) / steps
         for part in ("forward", "backward", "weighting", "optimizer")
     }
-    epochs = len(runs[0]["curve_fused"])
-    return dict(
-        fused_acc=fused,
-        fused_acc_std=fused_std,
-        head_acc=[h[0] for h in heads],
-        head_acc_std=[h[1] for h in heads],
-        probe_acc=[p[0] for p in probes],
-        probe_acc_std=[p[1] for p in probes],
-        worst_head_acc=worst_head,
-        worst_head_acc_std=worst_head_std,
-        worst_probe_acc=worst_probe,
-        worst_probe_acc_std=worst_probe_std,
+    primary = METRICS[task][0]
+    epochs = len(runs[0]["curves"])
+
+    def curve(kind: str) -> list[list[float]] | None:
+        if runs[0]["curves"][0][kind] is None:
+            return None
+        m = len(runs[0]["curves"][0][kind])
+        return [
+            [statistics.fmean(r["curves"][e][kind][i][primary] for r in runs) for e in range(epochs)] for i in range(m)
+        ]
+
+    curves = dict(fused=[statistics.fmean(r["curves"][e]["fused"][primary] for r in runs) for e in range(epochs)])
+    curves.update(head=curve("heads"), masked=curve("masked"))
+    summary.update(
         step_time_s=sum(r["timer"].total for r in runs) / steps,
         step_time_split_s=split,
         peak_memory_bytes=runs[0]["peak"],
-        curves=dict(
-            fused=[statistics.fmean(r["curve_fused"][e] for r in runs) for e in range(epochs)],
-            head=[[statistics.fmean(r["curve_heads"][e][i] for r in runs) for e in range(epochs)] for i in range(m)],
-        ),
-        per_seed=[
-            dict(
-                seed=r["seed"],
-                fused_acc=r["fused_acc"],
-                head_acc=r["head_acc"],
-                probe_acc=r["probe_acc"],
-                worst_head_acc=min(r["head_acc"]),
-                worst_probe_acc=min(r["probe_acc"]),
-                step_time_s=r["timer"].total / max(r["timer"].steps, 1),
-            )
-            for r in runs
-        ],
+        curves=curves,
+        per_seed=per_seed,
         settings=dict(settings, method_options=options),
     )
+    return summary

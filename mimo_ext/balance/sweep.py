@@ -82,8 +82,14 @@ def sweep(
         ``settings["method_options"]`` holds the options the method actually ran with.
     """
     _check_compare_options(compare_options)
-    modalities, labels, test, converted = _checked_inputs(
-        modalities, labels, compare_options.get("test"), compare_options.get("num_classes")
+    modalities, labels, test, converted, present, test_present = _checked_inputs(
+        modalities,
+        labels,
+        compare_options.get("test"),
+        compare_options.get("num_classes"),
+        task=compare_options.get("task", "classification"),
+        present=compare_options.get("present"),
+        test_present=compare_options.get("test_present"),
     )
     if converted:
         warnings.warn(converted, stacklevel=2)
@@ -97,6 +103,8 @@ def sweep(
         make_method(method, **{**base, **params})
     if test is not None:
         compare_options = dict(compare_options, test=test)
+    if present is not None or test_present is not None:
+        compare_options = dict(compare_options, present=present, test_present=test_present)
     points = []
     for params in settings:
         options = dict(compare_options, method_options={method: {**base, **params}})

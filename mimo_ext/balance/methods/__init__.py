@@ -19,6 +19,11 @@ name           method
 ``mimo_fused`` MIMO on a fused :class:`mimo_ext.optim.MIMOOptimizer`: per-objective passes, blended in step()
 =============  ============================================================================================
 
+Any fusion model: a late-fusion model's uni-modal heads give f_m; any other model (early, attention fusion) gets them
+by masking (:func:`mimo_ext.masked_losses`, computed in :func:`forward_batch`), and every method runs on it: the
+multi-objective ones over all parameters (all shared), OGM-GE on each modality's own parameters
+(:func:`~.base.modality_parameters`). Each method's docstring says what it does there.
+
 Scale conventions (they matter at a fixed learning rate): joint, uniform, PCGrad, MMPareto (when gradients agree)
 and CAGrad (``match_sum=True``, with c = 0) all reduce to a sum of objective gradients; MGDA's convex combination
 does not (as in its paper and code), nor does OGM-GE's modulation (k <= 1). Every method trains each head on its

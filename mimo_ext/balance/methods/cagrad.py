@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...models import LateFusion
 from .base import BalanceMethod, BatchOutputs, StepTimes
 from .gradients import combine_by_gram
 
@@ -131,6 +130,9 @@ class CAGrad(BalanceMethod):
         match_sum: multiply the update by K as the reference code does, so that ``c = 0`` gives the uniform
             baseline's gradient ``sum_k g_k`` (False: the paper's average-gradient scale).
 
+    Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`);
+    every parameter is shared, so the direction is formed over all of them.
+
     After each call ``last_weights`` holds the dual weights ``w`` and ``last_coefficients`` the ``[K]``
     coefficients (float64, host).
     """
@@ -147,7 +149,7 @@ class CAGrad(BalanceMethod):
         self.last_weights: Tensor | None = None
         self.last_coefficients: Tensor | None = None
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         def solve(gram: Tensor) -> Tensor:
             coefficients, self.last_weights = cagrad_coefficients(gram, self.c, self.rescale, self.match_sum)
             return coefficients

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...models import LateFusion
 from .base import BalanceMethod, BatchOutputs, StepTimes
 from .gradients import combine_by_gram
 from .min_norm import Solver, min_norm_weights
@@ -30,6 +29,8 @@ class Mgda(BalanceMethod):
     - Heads get their own objective's plain gradient, as in the paper's Algorithm 2 (task-specific parameters step
       on ``grad L^t``). Their code instead backpropagates ``sum_t alpha_t L^t``, which also scales the heads by
       ``alpha_t`` (the fusion head would step on ``alpha_0 grad f0`` only); we follow the paper.
+    - Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`)
+      and every parameter is shared by all K objectives: MGDA over all parameters, no heads of their own.
 
     Args:
         solver: ``"wolfe"`` (exact; default) or ``"frank_wolfe"`` (the reference code's solver and settings).
@@ -46,6 +47,6 @@ class Mgda(BalanceMethod):
         self.solver = solver
         self.last_weights: Tensor | None = None
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         times, self.last_weights = combine_by_gram(model, out, lambda gram: min_norm_weights(gram, solver=self.solver))
         return times

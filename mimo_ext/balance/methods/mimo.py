@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from ...models import LateFusion
 from ...objective import DEFAULT_MU, mimo_loss
 from .base import BalanceMethod, BatchOutputs, PhaseTimer, StepTimes
 
@@ -36,6 +35,9 @@ class Mimo(BalanceMethod):
     Args:
         gamma: weight of the smoothed max (>= 0).
         mu: its temperature (> 0), default :data:`mimo_ext.DEFAULT_MU`.
+
+    Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`):
+    the same one backward, through the stacked forward of the M + 1 input sets.
     """
 
     name = "mimo"
@@ -46,7 +48,7 @@ class Mimo(BalanceMethod):
         self.gamma = float(gamma)
         self.mu = float(mu)
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         timer = PhaseTimer(out.fusion_loss.device)
         with timer.backward():
             mimo_loss(out.fusion_loss, out.uni_losses, gamma=self.gamma, mu=self.mu).backward()

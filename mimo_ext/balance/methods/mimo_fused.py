@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ...models import LateFusion
 from ...optim import MIMOOptimizer
 from .base import BalanceMethod, BatchOutputs, PhaseTimer, StepTimes
 from .mimo import check_gamma_mu
@@ -31,6 +30,9 @@ class MimoFused(BalanceMethod):
             ``make_method("mimo_fused", gamma=..., mu=...)`` states the same settings as ``make_method("mimo", ...)``
             and cannot silently disagree with the optimizer.
 
+    Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`);
+    each objective's backward then reaches every parameter.
+
     Raises:
         TypeError: from ``backward`` when ``optimizer`` is not a ``MIMOOptimizer``.
     """
@@ -43,7 +45,7 @@ class MimoFused(BalanceMethod):
         self.gamma = None if gamma is None else float(gamma)
         self.mu = None if mu is None else float(mu)
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         if not isinstance(optimizer, MIMOOptimizer):
             raise TypeError(
                 "mimo_fused needs a mimo_ext.optim.MIMOOptimizer (MIMOSGD or MIMOAdamW), got "

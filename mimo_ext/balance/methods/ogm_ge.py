@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from ...masking import keep_only, per_sample_losses
 from ...models import LateFusion
 from .base import (
     BalanceMethod,
@@ -14,6 +16,7 @@ from .base import (
     PhaseTimer,
     StepTimes,
     deposit_grads,
+    modality_parameters,
     split_parameters,
     train_uni_heads_detached,
 )
@@ -24,28 +27,47 @@ DEFAULT_ALPHA = 0.1
 
 
 @torch.no_grad()
-def ogm_scores(model: LateFusion, out: BatchOutputs) -> Tensor:
+def ogm_scores(model: torch.nn.Module, out: BatchOutputs) -> Tensor:
     """``[M]`` confidence of each modality's share of the fused prediction, summed over the batch.
 
-    The fusion head is linear over the concatenated features, so its logits split into per-modality
+    Late fusion: the fusion head is linear over the concatenated features, so its logits split into per-modality
     contributions ``h_m @ W_m^T + b / M`` (``W_m``: the weight columns of modality m's block), which add up to the
     fused logits. ``score_m = sum_i softmax(contribution_m)_i[y_i]`` (Peng et al., Eq. 8; the official code's
     ``out_a`` / ``out_v``, where ``b / 2`` is ``b / M`` for M = 2).
+
+    Other models (no linear fusion head to split): modality m's share is the model's output with only modality m
+    present (the masked forward of :func:`mimo_ext.masked_losses`, here without gradient), scored the same way.
+
+    Losses other than cross-entropy (regression): ``score_m = sum_i exp(-loss_i(share_m))``, with ``loss_i`` the
+    per-sample loss; for cross-entropy that is exactly the probability of the true class, so it is the same score.
+    With ``out.present``, the sum runs over the rows that have modality m.
     """
-    head = model.fusion_head
-    bias = head.bias / len(out.features) if head.bias is not None else None
-    scores, start = [], 0
-    for h in out.features:
-        h = h.detach()
-        stop = start + h.shape[1]
-        logits = h @ head.weight[:, start:stop].T
-        if bias is not None:
-            logits = logits + bias
-        probs = logits.softmax(dim=1)
-        scores.append(probs.gather(1, out.labels.view(-1, 1)).sum())
-        start = stop
-    if start != head.weight.shape[1]:
-        raise ValueError(f"features have {start} columns in all but the fusion head takes {head.weight.shape[1]}")
+    labels = out.labels
+    if isinstance(model, LateFusion):
+        head = model.fusion_head
+        bias = head.bias / len(out.features) if head.bias is not None else None
+        shares, start = [], 0
+        for h in out.features:
+            h = h.detach()
+            stop = start + h.shape[1]
+            logits = h @ head.weight[:, start:stop].T
+            if bias is not None:
+                logits = logits + bias
+            shares.append(logits)
+            start = stop
+        if start != head.weight.shape[1]:
+            raise ValueError(f"features have {start} columns in all but the fusion head takes {head.weight.shape[1]}")
+    else:
+        shares = [model(keep_only(out.inputs, m, out.fill)) for m in range(out.num_modalities)]
+    scores = []
+    for m, share in enumerate(shares):
+        if out.loss_fn is F.cross_entropy:
+            confidence = share.softmax(dim=1).gather(1, labels.view(-1, 1))
+        else:
+            confidence = torch.exp(-per_sample_losses(out.loss_fn, share, labels)).view(-1, 1)
+        if out.present is not None:
+            confidence = torch.where(out.present[m].view(-1, 1), confidence, 0.0)
+        scores.append(confidence.sum())
     return torch.stack(scores)
 
 
@@ -80,6 +102,14 @@ class OgmGe(BalanceMethod):
     parameter's unmodulated gradient, for every modality (k = 1 included). The fusion head gets ``grad f0``
     unchanged; the uni-modal heads are trained on detached features (:func:`~.base.train_uni_heads_detached`).
 
+    Other fusions (no uni-modal heads; OGM-GE never optimises f_m, so it needs no masked losses for training):
+    the scores come from masked forwards (:func:`ogm_scores`, M extra forwards without gradient, timed as the
+    weighting subroutine), and ``k_m`` modulates the parameters that read modality m alone
+    (:func:`~.base.modality_parameters`): attention fusion, token encoder m; early fusion, the columns of the first
+    linear layer that read modality m (its only modality-specific parameters; the GE noise's std is that column
+    block's). Everything else (the transformer, the rest of the network, the heads) gets ``grad f0`` unchanged. A
+    model without such parameters raises ValueError naming it.
+
     Choices where the official code is specific to its ResNet audio-visual models:
 
     - It modulates only 4-D gradients (convolution kernels). Here every parameter of encoder m is modulated: the
@@ -112,7 +142,7 @@ class OgmGe(BalanceMethod):
         self.last_scores: Tensor | None = None
         self.last_coefficients: Tensor | None = None
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         timer = PhaseTimer(out.fusion_loss.device)
         active = self.modulate and model.training
         self.last_scores = self.last_coefficients = None
@@ -121,22 +151,34 @@ class OgmGe(BalanceMethod):
                 train_uni_heads_detached(model, out)
                 out.fusion_loss.backward()
             return timer.times()
-        split = split_parameters(model)
-        encoders = split.encoders
-        params = [p for enc in encoders for p in enc] + split.fusion_head
+        parts = modality_parameters(model)
+        if isinstance(model, LateFusion):
+            split = split_parameters(model)
+            params = [p for enc in split.encoders for p in enc] + split.fusion_head
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
         with timer.backward():
             train_uni_heads_detached(model, out)
             grads = list(torch.autograd.grad(out.fusion_loss, params, allow_unused=True, materialize_grads=False))
         with timer.weighting():
             scores = ogm_scores(model, out)
             coefficients = ogm_coefficients(scores, self.alpha)
-            index = 0
-            for m, enc in enumerate(encoders):
-                for _ in enc:
-                    g = grads[index]
-                    if g is not None:
-                        grads[index] = self._modulate(g, coefficients[m])
-                    index += 1
+            position = {id(p): i for i, p in enumerate(params)}
+            # Parameters modulated in parts (early fusion's first layer, a column block per modality): their
+            # gradient is copied once, then each part rewritten in place from its unmodulated values.
+            for i in {position[id(p)] for modality_parts in parts for p, index in modality_parts if index is not ...}:
+                if grads[i] is not None:
+                    grads[i] = grads[i].clone()
+            for m, modality_parts in enumerate(parts):
+                for p, index in modality_parts:
+                    i = position[id(p)]
+                    g = grads[i]
+                    if g is None:
+                        continue
+                    if index is Ellipsis:
+                        grads[i] = self._modulate(g, coefficients[m])
+                    else:
+                        g[index] = self._modulate(g[index], coefficients[m])
             deposit_grads(params, grads)
             self.last_scores, self.last_coefficients = scores, coefficients
         return timer.times()

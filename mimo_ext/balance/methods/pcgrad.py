@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...models import LateFusion
 from .base import BalanceMethod, BatchOutputs, StepTimes
 from .gradients import combine_by_gram
 
@@ -49,6 +48,8 @@ class PCGrad(BalanceMethod):
     The objectives' encoder gradients (:func:`~.gradients.objective_gradients`) are combined by
     :func:`pcgrad_coefficients` and summed (the paper's ``g = sum_i g_i^PC``; some re-implementations average
     instead, which only rescales the step). Heads get their own objective's gradient (task-specific parameters).
+    Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`);
+    every parameter is shared, so the projections run over all of them.
 
     Args:
         generator: CPU ``torch.Generator`` for the random projection orders (None: the global generator).
@@ -67,7 +68,7 @@ class PCGrad(BalanceMethod):
         self.generator = generator
         self.last_coefficients: Tensor | None = None
 
-    def backward(self, model: LateFusion, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
+    def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         times, self.last_coefficients = combine_by_gram(
             model, out, lambda gram: pcgrad_coefficients(gram, self.generator)
         )
