@@ -1,7 +1,7 @@
 """Step time of MIMOAdamW against torch.optim.AdamW on an FSDP2-sharded late-fusion model, 2 gloo ranks (CPU).
 
     python benchmarks/bench_fsdp.py --quick     # CI-sized: checks the step against torch's, times a small model
-    python benchmarks/bench_fsdp.py             # full preset: about 9M parameters, sharded over 2 ranks
+    python benchmarks/bench_fsdp.py             # full preset: 3.7M parameters, sharded over 2 ranks
 
 The model is a late-fusion MLP (two encoders of width ``width``, the uni-modal heads and the fusion head) whose
 encoders and root are ``fully_shard``-ed over the 2 ranks, so every parameter is a DTensor and each rank holds
