@@ -109,20 +109,19 @@ class MIMOSGD(MIMOOptimizer):
         self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
     ):
         op = torch.ops.mimo_ext.sgd_step_.default if use_kernel else sgd_step_reference
-        momentum_buffer = states.get("momentum_buffer", param.new_empty(0))
         return op(
             param,
-            momentum_buffer,
+            states.get("momentum_buffer", param.new_empty(0)),
             grads,
             coefficients,
             lr,
             step,
-            grad_scale,
-            found_inf,
-            float(group["weight_decay"]),
-            float(group["momentum"]),
-            float(group["dampening"]),
-            bool(group["nesterov"]),
-            bool(group["maximize"]),
-            compute_stats,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            weight_decay=float(group["weight_decay"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+            compute_stats=compute_stats,
         )
