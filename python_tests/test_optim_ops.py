@@ -302,7 +302,7 @@ def test_opcheck(device, algorithm, scaling, dtype):
     torch.library.opcheck(op, *split_arguments(call.arguments(compute_stats=True)))
 
 
-# ---- one signature for the op, its wrapper, its reference and its fake
+# ---- one signature for the op, its wrapper, its reference and its fake; which kernel runs on which device
 
 STEP_FUNCTIONS = {
     "sgd": [mimo_ext.ops.sgd_step_, sgd_step_reference, mimo_ext.ops._sgd_step_fake],
@@ -333,6 +333,43 @@ def test_the_wrapper_calls_the_op(device, algorithm):
     twin = call.clone()
     stats = call.run(STEP_FUNCTIONS[algorithm][0])
     assert_bit_identical([stats, *call.tensors()], [twin.run(op), *twin.tensors()])
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_compiled_kernels_on_cpu_and_cuda_the_reference_on_other_devices(algorithm):
+    # The references are the ops' CompositeExplicitAutograd kernels (mimo_ext/optim/reference.py); the dispatcher
+    # prefers a backend's own kernel, so CPU and CUDA keep the compiled ones and meta tensors the fake.
+    name = f"mimo_ext::{algorithm}_step_"
+    op, reference = op_and_reference(algorithm)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd")
+    table = dict(line.split(": ", 1) for line in torch._C._dispatch_dump_table(name).splitlines() if ": " in line)
+    assert table["CPU"].endswith("[kernel]") and f"csrc/cpu/{algorithm}_step_cpu.cpp" in table["CPU"]
+    if mimo_ext._library.built_with_cuda():
+        assert table["CUDA"].endswith("[kernel]") and f"csrc/cuda/{algorithm}_step_cuda.cu" in table["CUDA"]
+    assert table["Meta"].endswith("[kernel]") and "default backend kernel" not in table["Meta"]
+    for key in ("XPU", "MPS", "PrivateUse1"):
+        assert table[key].endswith("[default backend kernel]"), (key, table[key])
+
+    hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
+        "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
+    ]
+    call = Call(algorithm, hyper, step, 37, 3, torch.float32, "cpu", 1024.0, 0.0)
+    # The XPU entry, as a call on XPU tensors would take it (on CPU tensors here): the reference's results.
+    twin = call.clone()
+    args, kwargs = split_arguments(call.arguments())
+    stats = op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.XPU), *args, **kwargs)
+    assert_bit_identical([stats, *call.tensors()], [twin.run(reference), *twin.tensors()])
+    # A bad lr: the CPU entry's compiled kernel refuses it by name; the reference fails inside torch.
+    args, kwargs = split_arguments({**call.arguments(), "lr": torch.ones(2)})
+    with pytest.raises(ValueError, match=f"mimo_ext.{algorithm}_step_: lr must hold a single value"):
+        op(*args, **kwargs)
+    with pytest.raises(RuntimeError, match="invalid for input of size 2"):
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.XPU), *args, **kwargs)
+    # Meta tensors: the fake (the reference would read found_inf on the host, which a meta tensor cannot give).
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in call.arguments().items()}
+    meta["grads"] = [g.to("meta") for g in call.grads]
+    stats = call_with(op, meta)
+    assert stats.device.type == "meta" and stats.shape == (6,)
 
 
 # ---- bad input: a specific error, and nothing written

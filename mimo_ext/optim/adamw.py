@@ -8,7 +8,6 @@ import torch
 
 from ..objective import DEFAULT_MU
 from .base import MIMOOptimizer, check_scalar_or_tensor
-from .reference import adamw_step_reference
 
 __all__ = ["MIMOAdamW"]
 
@@ -116,12 +115,9 @@ class MIMOAdamW(MIMOOptimizer):
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _call_step(
-        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
-    ):
-        op = torch.ops.mimo_ext.adamw_step_.default if use_kernel else adamw_step_reference
+    def _call_step(self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats):
         beta1, beta2 = group["betas"]
-        return op(
+        return torch.ops.mimo_ext.adamw_step_.default(
             param,
             states["exp_avg"],
             states["exp_avg_sq"],

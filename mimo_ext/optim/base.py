@@ -811,7 +811,6 @@ class MIMOOptimizer(torch.optim.Optimizer):
             grad_scale = grad_scale.to(bucket.device)
         if found_inf is not None:
             found_inf = found_inf.to(bucket.device)
-        use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
         total = None
         for start, stop, step in runs:
             stats = self._call_step(
@@ -825,7 +824,6 @@ class MIMOOptimizer(torch.optim.Optimizer):
                 grad_scale,
                 found_inf,
                 self.diagnostics,
-                use_kernel,
             )
             total = stats if total is None else total + stats
         if self.diagnostics and pending is not None and pending.loss_scale is not None:

@@ -1,11 +1,15 @@
-"""Plain PyTorch implementations of the fused step operators: the test oracle, and the fallback on devices that
-have no compiled kernel.
+"""Plain PyTorch implementations of the fused step operators: the test oracle, and the operators' kernel on devices
+that have no compiled one.
 
 Each function takes the same arguments as its operator (``torch.ops.mimo_ext.sgd_step_`` /
 ``adamw_step_``, see csrc/ops.cpp), keyword-only from ``grad_scale`` on with the same defaults, and has the same
 effect: it blends the gradient buffers, updates parameter and state in place in the math dtype (float32 for half
 types, float64 for float64), advances ``step``, and returns the gradient statistics. Unlike the operators it reads
 ``found_inf`` on the host, so it synchronises and cannot be captured in a CUDA graph.
+
+Both are registered below as the operators' CompositeExplicitAutograd kernels: the dispatcher prefers a device's
+own kernel (CPU and CUDA have compiled ones; meta tensors take the fake implementations of mimo_ext.ops), so they
+run on the other devices (MPS, XPU, ...).
 """
 
 from __future__ import annotations
@@ -131,3 +135,7 @@ def adamw_step_reference(
     exp_avg_sq.copy_(v)
     step.add_(1)
     return stats
+
+
+torch.library.impl("mimo_ext::sgd_step_", "CompositeExplicitAutograd", sgd_step_reference)
+torch.library.impl("mimo_ext::adamw_step_", "CompositeExplicitAutograd", adamw_step_reference)

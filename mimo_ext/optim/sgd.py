@@ -8,7 +8,6 @@ import torch
 
 from ..objective import DEFAULT_MU
 from .base import MIMOOptimizer, check_scalar_or_tensor
-from .reference import sgd_step_reference
 
 __all__ = ["MIMOSGD"]
 
@@ -105,11 +104,8 @@ class MIMOSGD(MIMOOptimizer):
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _call_step(
-        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
-    ):
-        op = torch.ops.mimo_ext.sgd_step_.default if use_kernel else sgd_step_reference
-        return op(
+    def _call_step(self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats):
+        return torch.ops.mimo_ext.sgd_step_.default(
             param,
             states.get("momentum_buffer", param.new_empty(0)),
             grads,
