@@ -1,7 +1,9 @@
-"""Typed wrappers over the torch.ops.mimo_ext operators, their fake (meta) implementations and autograd.
+"""Typed wrappers over the torch.ops.mimo_ext operators, and their fake (meta) implementations.
 
-The schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda. Validation happens in C++ (one place,
-the same message on every device); the wrappers here only turn Python arguments into the schema's types.
+The schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda, smooth_max's autograd in
+csrc/smooth_max_autograd.cpp, and the step ops' kernel for devices without a compiled one in
+mimo_ext/optim/reference.py. Validation happens in C++ (one place, the same message on every device); the
+wrappers here only turn Python arguments into the schema's types.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def blend_(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Ten
         _as_tensor(base, "base"), _as_tensor_list(grads), _as_tensor(weights, "weights"), _as_float(gamma, "gamma")
     )
     return base
+
+
+def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``."""
+    return torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
 
 
 def sgd_step_(
@@ -284,26 +291,6 @@ def _adamw_step_fake(
     return _step_stats_fake("mimo_ext.adamw_step_", param, named, grads, compute_stats)
 
 
-# Autograd of smooth_max: d value / d losses = weights (the weights output has no gradient).
-
-
-def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``.
-
-    First order only: the saved weights depend on the losses too, and that term is not modelled, so a second
-    derivative through it raises (as ``torch.autograd.function.once_differentiable`` does) rather than being
-    silently wrong.
-    """
-    with torch.no_grad():
-        grad = torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
-    if torch.is_grad_enabled():
-        # create_graph=True: the result may take part in a further backward; make that backward fail clearly.
-        delayed_error = torch._C._functions.DelayedError(
-            "mimo_ext.smooth_max supports first-order gradients only (no double backward)", 1
-        )
-        grad = delayed_error(grad.detach().requires_grad_())
-    return grad
-
-
-# The autograd kernel of smooth_max itself is registered in C++ (csrc/smooth_max_autograd.cpp), which keeps the
-# training step free of Python; smooth_max_backward above serves SmoothMax (mimo_ext.objective).
+# The autograd kernel of smooth_max is registered in C++ (csrc/smooth_max_autograd.cpp): the derivative is written
+# once, there, and a training step pays no Python for it. smooth_max_backward is CompositeImplicitAutograd (an
+# aten::mul), so tracing and fake tensors see through it.
