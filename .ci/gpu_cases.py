@@ -99,14 +99,15 @@ def step_cases(device, generator):
                                 coefficients.cpu(),
                                 lr.cpu(),
                                 exact_step,
-                                None if scale is None else scale.cpu(),
-                                None if flag is None else flag.cpu(),
-                                *options.values(),
-                                stats,
+                                grad_scale=None if scale is None else scale.cpu(),
+                                found_inf=None if flag is None else flag.cpu(),
+                                **options,
+                                compute_stats=stats,
                             )
                             got_stats = op(
-                                param, *states, grads, coefficients, lr, step, scale, flag, *options.values(), stats
-                            )
+                                param, *states, grads, coefficients, lr, step,
+                                grad_scale=scale, found_inf=flag, **options, compute_stats=stats,
+                            )  # fmt: skip
                             case = f"{name} {dtype} K={k} offset={offset} stats={stats} found_inf={found_inf}"
                             for i, (got, want) in enumerate(zip((param, *states), exact, strict=True)):
                                 check(f"{case} buffer {i}", got, want, dtype)

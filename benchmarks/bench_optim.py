@@ -268,15 +268,17 @@ def fused_op_path(algorithm: str, initial: torch.Tensor, grads: list[torch.Tenso
 
         def step():
             torch.ops.mimo_ext.adamw_step_(
-                param, states[0], states[1], empty, grads, coefficients, lr, step_count, None, None,
-                beta1, beta2, hp["eps"], hp["weight_decay"], False, False, False,
+                param, states[0], states[1], empty, grads, coefficients, lr, step_count,
+                beta1=beta1, beta2=beta2, eps=hp["eps"], weight_decay=hp["weight_decay"], amsgrad=False,
+                maximize=False, compute_stats=False,
             )  # fmt: skip
     else:
 
         def step():
             torch.ops.mimo_ext.sgd_step_(
-                param, states[0], grads, coefficients, lr, step_count, None, None,
-                hp["weight_decay"], hp["momentum"], hp["dampening"], False, False, False,
+                param, states[0], grads, coefficients, lr, step_count,
+                weight_decay=hp["weight_decay"], momentum=hp["momentum"], dampening=hp["dampening"], nesterov=False,
+                maximize=False, compute_stats=False,
             )  # fmt: skip
 
     return Candidate(f"mimo_ext {algorithm}_step_ (fused, K={K})", step, lambda: [param, *states])

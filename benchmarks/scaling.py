@@ -83,15 +83,13 @@ class Kernels:
             self.coefficients,
             self.lr,
             self.step,
-            None,
-            None,
-            0.9,
-            0.999,
-            1e-8,
-            0.01,
-            False,
-            False,
-            False,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            amsgrad=False,
+            maximize=False,
+            compute_stats=False,
         )
 
     def sgd(self):
@@ -102,14 +100,12 @@ class Kernels:
             self.coefficients,
             self.lr,
             self.step,
-            None,
-            None,
-            0.0,
-            0.9,
-            0.0,
-            False,
-            False,
-            False,
+            weight_decay=0.0,
+            momentum=0.9,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+            compute_stats=False,
         )
 
     def copy(self):

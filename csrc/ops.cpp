@@ -16,13 +16,16 @@ TORCH_LIBRARY(mimo_ext, m) {
   // found_inf is set, in which case nothing is written). Returns the gradient statistics when compute_stats
   // ([|g_k|^2 for each k, <g_0, g_k> for k >= 1, |g|^2]), else an empty tensor. State buffers that the options
   // do not use (momentum_buffer when momentum == 0, max_exp_avg_sq without amsgrad) are neither read nor written.
+  // Keyword-only from grad_scale on, as in aten::_fused_adamw_, the hyperparameters with torch.optim.SGD's / AdamW's
+  // defaults.
   m.def("sgd_step_(Tensor(a!) param, Tensor(b!) momentum_buffer, Tensor[] grads, Tensor coefficients, Tensor lr, "
-        "Tensor(c!) step, Tensor? grad_scale, Tensor? found_inf, float weight_decay, float momentum, "
-        "float dampening, bool nesterov, bool maximize, bool compute_stats) -> Tensor",
+        "Tensor(c!) step, *, Tensor? grad_scale=None, Tensor? found_inf=None, float weight_decay=0.0, "
+        "float momentum=0.0, float dampening=0.0, bool nesterov=False, bool maximize=False, "
+        "bool compute_stats=False) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def("adamw_step_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) max_exp_avg_sq, "
-        "Tensor[] grads, Tensor coefficients, Tensor lr, Tensor(e!) step, Tensor? grad_scale, Tensor? found_inf, "
-        "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
-        "bool compute_stats) -> Tensor",
+        "Tensor[] grads, Tensor coefficients, Tensor lr, Tensor(e!) step, *, Tensor? grad_scale=None, "
+        "Tensor? found_inf=None, float beta1=0.9, float beta2=0.999, float eps=1e-8, float weight_decay=0.01, "
+        "bool amsgrad=False, bool maximize=False, bool compute_stats=False) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 }

@@ -1,5 +1,6 @@
 // Math of the smoothed max, host/device inline functions used by the CUDA kernels (the CPU kernel,
-// cpu/smooth_max_cpu.cpp, follows the same rules in passes that vectorise, and test_math checks these functions).
+// cpu/smooth_max_cpu.cpp, follows the same rules in passes that vectorise, with scaled_exp's rule for each
+// exponential; test_math checks these functions).
 //
 // S_mu(l) = mu * log(sum_i exp(l_i / mu)) and w = softmax(l / mu) are evaluated relative to the row's largest
 // loss m:  S_mu = m + mu * log(sum_i exp((l_i - m) / mu)),  w_i = exp((l_i - m) / mu) / sum.
@@ -45,11 +46,19 @@ C10_HOST_DEVICE inline bool is_finite(acc_t x) {
 #endif
 }
 
-// exp(diff / mu) for diff <= 0. diff == 0 is answered apart: a temperature that underflows to 0 in acc_t then
-// gives the hard max (ties share the weight equally) instead of 0 / 0.
+// exp(diff / mu) for diff <= 0, given an exponential for arguments <= 0 (exp_, or the CPU kernel's vectorised
+// one). diff == 0 is answered apart: a temperature that underflows to 0 in acc_t then gives the hard max (ties share
+// the weight equally) instead of 0 / 0. The quotient is guarded too, so that a loop that evaluates both sides of
+// the select (the vectorised CPU loop) never forms 0 / 0 either.
+template <typename acc_t, typename Exp>
+C10_HOST_DEVICE inline acc_t scaled_exp(acc_t diff, acc_t mu, Exp exp_nonpositive) {
+  const acc_t scaled = diff == acc_t(0) ? acc_t(0) : diff / mu;
+  return diff == acc_t(0) ? acc_t(1) : exp_nonpositive(scaled);
+}
+
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t scaled_exp(acc_t diff, acc_t mu) {
-  return diff == acc_t(0) ? acc_t(1) : exp_(diff / mu);
+  return scaled_exp(diff, mu, [](acc_t x) { return exp_(x); });
 }
 
 template <typename acc_t>

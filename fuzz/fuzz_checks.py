@@ -99,6 +99,14 @@ ARGUMENT_NAMES = {
 }  # fmt: skip
 
 
+def invoke(fn, op: str, values: list):
+    """Calls fn with the values of ARGUMENT_NAMES[op] as the schema takes them: positionally, except the step ops'
+    keyword-only arguments (grad_scale on)."""
+    names = ARGUMENT_NAMES[op]
+    cut = names.index("grad_scale") if "grad_scale" in names else len(names)
+    return fn(*values[:cut], **dict(zip(names[cut:], values[cut:], strict=True)))
+
+
 STATS: Counter = Counter()
 
 
@@ -451,7 +459,7 @@ class Call:
         self.op, self.fn, self.args, self.how = op, fn, args, how
 
     def run(self):
-        return self.fn(*[v for _, v in self.args])
+        return invoke(self.fn, self.op, [v for _, v in self.args])
 
 
 def entry(fdp, op):
@@ -832,8 +840,8 @@ def check_step(call, a, result, before) -> None:
 
     truth_args = copy_args(torch.float64)
     oracle_args = copy_args(None)
-    truth_stats = reference(*truth_args)
-    oracle_stats = reference(*oracle_args)
+    truth_stats = invoke(reference, call.op, truth_args)
+    oracle_stats = invoke(reference, call.op, oracle_args)
     if result.dtype != acc or result.shape != oracle_stats.shape:
         raise Finding(
             "result-dtype",
@@ -902,7 +910,7 @@ def check_meta_like_cpu(call: Call, result) -> None:
     if any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in cpu_args):
         return
     try:
-        cpu_result = call.fn(*cpu_args)
+        cpu_result = invoke(call.fn, call.op, cpu_args)
     except ALLOWED_ERRORS:
         STATS["meta accepted, CPU rejected"] += 1
         return

@@ -1,4 +1,4 @@
-"""The MIMO objective: the smoothed max over uni-modal losses, as an autograd Function and as a loss."""
+"""The MIMO objective: the smoothed max over uni-modal losses (SmoothMax.apply), and the loss."""
 
 from __future__ import annotations
 
@@ -19,27 +19,19 @@ __all__ = ["DEFAULT_MU", "SmoothMax", "mimo_loss"]
 DEFAULT_MU = 0.1
 
 
-class SmoothMax(torch.autograd.Function):
-    """Autograd Function over the registered ops: ``value, weights = SmoothMax.apply(losses, mu)``.
+class SmoothMax:
+    """The smoothed max, called the way an autograd Function is: ``value, weights = SmoothMax.apply(losses, mu)``
+    is ``torch.ops.mimo_ext.smooth_max(losses, mu)``.
 
-    Forward calls ``torch.ops.mimo_ext.smooth_max``; backward calls ``torch.ops.mimo_ext.smooth_max_backward``
-    (the gradient of ``value`` with respect to ``losses`` is ``weights``). ``weights`` is not differentiable.
+    The operator carries its own autograd, registered in C++ (csrc/smooth_max_autograd.cpp): the gradient of
+    ``value`` with respect to ``losses`` is ``weights`` times the incoming gradient, first order only (a second
+    derivative raises); ``weights`` is not differentiable. :func:`mimo_ext.smooth_max` is the same operator with
+    its arguments checked in Python first.
     """
 
     @staticmethod
-    def forward(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ops.mimo_ext.smooth_max.default(losses, mu)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, weights = output
-        ctx.mark_non_differentiable(weights)
-        ctx.save_for_backward(weights)
-
-    @staticmethod
-    def backward(ctx, grad_value: torch.Tensor, grad_weights: torch.Tensor | None):
-        (weights,) = ctx.saved_tensors
-        return ops.smooth_max_backward(grad_value, weights), None
 
 
 def mimo_loss(

@@ -1,7 +1,9 @@
-"""Typed wrappers over the torch.ops.mimo_ext operators, their fake (meta) implementations and autograd.
+"""Typed wrappers over the torch.ops.mimo_ext operators, and their fake (meta) implementations.
 
-The schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda. Validation happens in C++ (one place,
-the same message on every device); the wrappers here only turn Python arguments into the schema's types.
+The schemas live in csrc/ops.cpp; the kernels in csrc/cpu and csrc/cuda, smooth_max's autograd in
+csrc/smooth_max_autograd.cpp, and the step ops' kernel for devices without a compiled one in
+mimo_ext/optim/reference.py. Validation happens in C++ (one place, the same message on every device); the
+wrappers here only turn Python arguments into the schema's types.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["blend", "blend_", "smooth_max"]
+__all__ = ["adamw_step_", "blend", "blend_", "sgd_step_", "smooth_max"]
 
 
 def smooth_max(losses: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +67,90 @@ def blend_(base: torch.Tensor, grads: Sequence[torch.Tensor], weights: torch.Ten
         _as_tensor(base, "base"), _as_tensor_list(grads), _as_tensor(weights, "weights"), _as_float(gamma, "gamma")
     )
     return base
+
+
+def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``."""
+    return torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
+
+
+def sgd_step_(
+    param: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
+) -> torch.Tensor:
+    """One fused torch.optim.SGD step of the 1-D buffer ``param`` on the gradient
+    ``sum_k coefficients[k] * grads[k] / grad_scale``, in place (param, momentum_buffer, then ``step += 1``).
+
+    The hyperparameters are torch.optim.SGD's, with its defaults. ``lr``, ``step`` (float32), ``coefficients``,
+    ``grad_scale`` and ``found_inf`` are tensors on the device of ``param``, read there, never on the host; a nonzero
+    ``found_inf`` skips the step (nothing is written). ``momentum_buffer`` is neither read nor written when
+    ``momentum == 0``, and is started at the gradient when ``step == 0``. Returns the gradient statistics
+    ``[|g_k|^2 for each k, <g_0, g_k> for k >= 1, |g|^2]`` when ``compute_stats``, else an empty tensor.
+
+    Example:
+        >>> param, buf, step = torch.ones(3), torch.zeros(3), torch.zeros(())
+        >>> stats = sgd_step_(param, buf, [torch.ones(3)], torch.ones(1), torch.tensor(0.5), step, momentum=0.9)
+        >>> param, step
+        (tensor([0.5000, 0.5000, 0.5000]), tensor(1.))
+    """
+    return torch.ops.mimo_ext.sgd_step_.default(
+        param, momentum_buffer, grads, coefficients, lr, step, grad_scale=grad_scale, found_inf=found_inf,
+        weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
+        compute_stats=compute_stats,
+    )  # fmt: skip
+
+
+def adamw_step_(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
+) -> torch.Tensor:
+    """One fused torch.optim.AdamW step of the 1-D buffer ``param`` on the gradient
+    ``sum_k coefficients[k] * grads[k] / grad_scale``, in place (param, exp_avg, exp_avg_sq, max_exp_avg_sq with
+    ``amsgrad``, then ``step += 1``).
+
+    The hyperparameters are torch.optim.AdamW's, with its defaults; the tensors and the statistics are as in
+    :func:`sgd_step_`. ``max_exp_avg_sq`` is neither read nor written without ``amsgrad`` (an empty tensor will do).
+
+    Example:
+        >>> param, m, v, step = torch.ones(3), torch.zeros(3), torch.zeros(3), torch.zeros(())
+        >>> stats = adamw_step_(param, m, v, torch.empty(0), [torch.ones(3)], torch.ones(1), torch.tensor(0.1), step)
+        >>> param, step
+        (tensor([0.8990, 0.8990, 0.8990]), tensor(1.))
+    """
+    return torch.ops.mimo_ext.adamw_step_.default(
+        param, exp_avg, exp_avg_sq, max_exp_avg_sq, grads, coefficients, lr, step, grad_scale=grad_scale,
+        found_inf=found_inf, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        maximize=maximize, compute_stats=compute_stats,
+    )  # fmt: skip
 
 
 def _as_float(value: float, name: str) -> float:
@@ -144,20 +230,21 @@ def _step_stats_fake(op: str, param: torch.Tensor, named: dict, grads: list[torc
 
 @torch.library.register_fake("mimo_ext::sgd_step_")
 def _sgd_step_fake(
-    param,
-    momentum_buffer,
-    grads,
-    coefficients,
-    lr,
-    step,
-    grad_scale,
-    found_inf,
-    weight_decay,
-    momentum,
-    dampening,
-    nesterov,
-    maximize,
-    compute_stats,
+    param: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    grads: list[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
 ) -> torch.Tensor:
     named = dict(
         momentum_buffer=momentum_buffer,
@@ -172,23 +259,24 @@ def _sgd_step_fake(
 
 @torch.library.register_fake("mimo_ext::adamw_step_")
 def _adamw_step_fake(
-    param,
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq,
-    grads,
-    coefficients,
-    lr,
-    step,
-    grad_scale,
-    found_inf,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    amsgrad,
-    maximize,
-    compute_stats,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor,
+    grads: list[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
 ) -> torch.Tensor:
     named = dict(
         exp_avg=exp_avg,
@@ -203,26 +291,6 @@ def _adamw_step_fake(
     return _step_stats_fake("mimo_ext.adamw_step_", param, named, grads, compute_stats)
 
 
-# Autograd of smooth_max: d value / d losses = weights (the weights output has no gradient).
-
-
-def smooth_max_backward(grad_value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The gradient of :func:`smooth_max`'s value with respect to the losses: ``grad_value[..., None] * weights``.
-
-    First order only: the saved weights depend on the losses too, and that term is not modelled, so a second
-    derivative through it raises (as ``torch.autograd.function.once_differentiable`` does) rather than being
-    silently wrong.
-    """
-    with torch.no_grad():
-        grad = torch.ops.mimo_ext.smooth_max_backward.default(grad_value, weights)
-    if torch.is_grad_enabled():
-        # create_graph=True: the result may take part in a further backward; make that backward fail clearly.
-        delayed_error = torch._C._functions.DelayedError(
-            "mimo_ext.smooth_max supports first-order gradients only (no double backward)", 1
-        )
-        grad = delayed_error(grad.detach().requires_grad_())
-    return grad
-
-
-# The autograd kernel of smooth_max itself is registered in C++ (csrc/smooth_max_autograd.cpp), which keeps the
-# training step free of Python; smooth_max_backward above serves SmoothMax (mimo_ext.objective).
+# The autograd kernel of smooth_max is registered in C++ (csrc/smooth_max_autograd.cpp): the derivative is written
+# once, there, and a training step pays no Python for it. smooth_max_backward is CompositeImplicitAutograd (an
+# aten::mul), so tracing and fake tensors see through it.

@@ -103,7 +103,7 @@ class World:
             weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, maximize=False, compute_stats=True,
         )  # fmt: skip
         args.update(changes)
-        return lambda: torch.ops.mimo_ext.sgd_step_.default(*args.values())
+        return lambda: torch.ops.mimo_ext.sgd_step_.default(**args)
 
     def adamw(self, **changes):
         args = dict(
@@ -113,7 +113,7 @@ class World:
             compute_stats=True,
         )  # fmt: skip
         args.update(changes)
-        return lambda: torch.ops.mimo_ext.adamw_step_.default(*args.values())
+        return lambda: torch.ops.mimo_ext.adamw_step_.default(**args)
 
 
 def _strided(t):

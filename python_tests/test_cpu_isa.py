@@ -40,11 +40,11 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         step = torch.zeros((), dtype=torch.float32)
         for _ in range(3):
             if algorithm == "adamw":
-                stats = ops.adamw_step_(p, m, v, vmax, grads, coefficients, lr, step, None, None,
-                                        0.9, 0.999, 1e-8, 0.01, True, False, True)
+                stats = ops.adamw_step_(p, m, v, vmax, grads, coefficients, lr, step, beta1=0.9, beta2=0.999,
+                                        eps=1e-8, weight_decay=0.01, amsgrad=True, compute_stats=True)
             else:
-                stats = ops.sgd_step_(p, m, grads, coefficients, lr, step, None, None,
-                                      1e-4, 0.9, 0.1, False, False, True)
+                stats = ops.sgd_step_(p, m, grads, coefficients, lr, step, weight_decay=1e-4, momentum=0.9,
+                                      dampening=0.1, compute_stats=True)
         outputs += [p, m, v, vmax, stats]
 digest = hashlib.sha256()
 for t in outputs:
@@ -109,15 +109,13 @@ def test_one_loop_and_blocked_paths_give_the_same_bits(dtype, k, algorithm):
                     coefficients,
                     torch.tensor(1e-2, dtype=acc),
                     step,
-                    None,
-                    None,
-                    0.9,
-                    0.999,
-                    1e-8,
-                    0.01,
-                    algorithm == "amsgrad",
-                    False,
-                    stats,
+                    beta1=0.9,
+                    beta2=0.999,
+                    eps=1e-8,
+                    weight_decay=0.01,
+                    amsgrad=algorithm == "amsgrad",
+                    maximize=False,
+                    compute_stats=stats,
                 )
             else:
                 torch.ops.mimo_ext.sgd_step_(
@@ -127,14 +125,12 @@ def test_one_loop_and_blocked_paths_give_the_same_bits(dtype, k, algorithm):
                     coefficients,
                     torch.tensor(1e-2, dtype=acc),
                     step,
-                    None,
-                    None,
-                    1e-4,
-                    0.9,
-                    0.0 if algorithm == "nesterov" else 0.1,
-                    algorithm == "nesterov",
-                    False,
-                    stats,
+                    weight_decay=1e-4,
+                    momentum=0.9,
+                    dampening=0.0 if algorithm == "nesterov" else 0.1,
+                    nesterov=algorithm == "nesterov",
+                    maximize=False,
+                    compute_stats=stats,
                 )
         results.append([p, s0, s1, s2])
     for a, b in zip(*results, strict=True):

@@ -68,15 +68,17 @@ def step_op(device, algorithm, dtype):
     grads = [_randn(n, seed=20 + k, dtype=dtype, device=device) * 1024 for k in range(3)]
     coefficients = torch.tensor([1.0, 0.3, 0.6], device=device)
     lr, step = torch.tensor(0.01, device=device), torch.tensor(4.0, device=device)
-    scaling = (torch.tensor(1024.0, device=device), torch.zeros(1, device=device))
+    scaling = dict(grad_scale=torch.tensor(1024.0, device=device), found_inf=torch.zeros(1, device=device))
     if algorithm == "sgd":
         stats = torch.ops.mimo_ext.sgd_step_(
-            param, state[0], grads, coefficients, lr, step, *scaling, 0.01, 0.9, 0.1, False, True, True
-        )
+            param, state[0], grads, coefficients, lr, step, **scaling,
+            weight_decay=0.01, momentum=0.9, dampening=0.1, nesterov=False, maximize=True, compute_stats=True,
+        )  # fmt: skip
     else:
         stats = torch.ops.mimo_ext.adamw_step_(
-            param, *state, grads, coefficients, lr, step, *scaling, 0.9, 0.999, 1e-8, 0.01, True, False, True
-        )
+            param, *state, grads, coefficients, lr, step, **scaling,
+            beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=True, maximize=False, compute_stats=True,
+        )  # fmt: skip
     return [stats, param, *state, step]
 
 

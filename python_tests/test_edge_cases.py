@@ -137,8 +137,8 @@ def test_subnormal_inputs_give_the_ieee_result(device, dtype, tiny):
     lr = torch.ones((), dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
     step = torch.zeros((), device=device)
     coefficients = torch.ones(1, device=device)
-    options = (0.0, 0.0, 0.0, False, False, False)  # no weight decay, no momentum, no stats
-    torch.ops.mimo_ext.sgd_step_(param, buf, [small], coefficients, lr, step, None, None, *options)
+    options = dict(weight_decay=0.0, momentum=0.0, compute_stats=False)
+    torch.ops.mimo_ext.sgd_step_(param, buf, [small], coefficients, lr, step, **options)
     assert torch.equal(param, -small)
 
 
@@ -238,8 +238,8 @@ def test_nan_lr_tensor_is_not_read_by_the_op_but_is_refused_by_the_optimizer():
     gives NaN parameters, as torch's fused optimizers do; the optimizer classes check a float or CPU-tensor lr at
     construction and at every step, before writing anything."""
     param = torch.ones(4)
-    args = ([torch.ones(4)], torch.ones(1), torch.tensor(NAN), torch.zeros(()), None, None)
-    torch.ops.mimo_ext.sgd_step_(param, torch.zeros(4), *args, 0.0, 0.0, 0.0, False, False, False)
+    args = ([torch.ones(4)], torch.ones(1), torch.tensor(NAN), torch.zeros(()))
+    torch.ops.mimo_ext.sgd_step_(param, torch.zeros(4), *args, weight_decay=0.0, momentum=0.0, compute_stats=False)
     assert param.isnan().all()
     p = torch.nn.Parameter(torch.ones(4))
     lr = torch.tensor(0.1)

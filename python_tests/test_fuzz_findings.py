@@ -20,7 +20,7 @@ def sgd(param, buf, grads, coefficients, lr, step, momentum=0.0):
     # Every tensor on param's device (the reproducers are written with CPU tensors).
     d = param.device
     buf, grads, coefficients, lr, step = buf.to(d), [g.to(d) for g in grads], coefficients.to(d), lr.to(d), step.to(d)
-    return ops.sgd_step_(param, buf, grads, coefficients, lr, step, None, None, 0.0, momentum, 0.0, False, False, False)
+    return ops.sgd_step_(param, buf, grads, coefficients, lr, step, momentum=momentum)
 
 
 @pytest.mark.parametrize("alias", ["coefficients", "lr", "step"])
@@ -46,14 +46,8 @@ def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused(device):
             torch.ones(1, device=device),
             torch.tensor(0.1, device=device),
             torch.tensor(0.0, device=device),
-            None,
-            buf[3:4],
-            0.0,
-            0.9,
-            0.0,
-            False,
-            False,
-            False,
+            found_inf=buf[3:4],
+            momentum=0.9,
         )
     with pytest.raises(ValueError, match="grads\\[0\\] overlaps step"):
         g = torch.ones(64, device=device)
@@ -64,14 +58,7 @@ def test_grad_scale_or_found_inf_sharing_memory_with_a_state_is_refused(device):
             torch.ones(1, device=device),
             torch.tensor(0.1, device=device),
             g[5:6].view(()),
-            None,
-            None,
-            0.0,
-            0.9,
-            0.0,
-            False,
-            False,
-            False,
+            momentum=0.9,
         )
 
 
@@ -97,14 +84,7 @@ def test_sgd_first_step_never_reads_the_momentum_buffer(device):
         torch.ones(1),
         torch.tensor(0.1),
         torch.tensor(0.0),
-        None,
-        None,
-        0.0,
-        0.9,
-        0.0,
-        False,
-        False,
-        False,
+        momentum=0.9,
     )
     assert torch.equal(param, expected_param) and torch.equal(param, torch.tensor([0.95, 2.025]))
     assert torch.equal(buf, grad) and torch.equal(expected_buf, grad)
@@ -123,15 +103,11 @@ def test_amsgrad_keeps_a_nan_in_the_running_maximum(device):
         torch.ones(1, device=device),
         torch.tensor(1e-3, device=device),
         torch.tensor(0.0, device=device),
-        None,
-        None,
-        0.9,
-        0.999,
-        1e-8,
-        0.0,
-        True,
-        False,
-        False,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=True,
     )
     assert vmax[0].isnan() and p[0].isnan()
     assert torch.isfinite(vmax[1:]).all() and torch.isfinite(p[1:]).all()
@@ -170,14 +146,9 @@ def test_a_skipped_step_returns_zero_statistics_whatever_the_grad_scale(device, 
         torch.ones(1, device=device),
         torch.tensor(0.1, device=device),
         torch.tensor(1.0, device=device),
-        torch.tensor(grad_scale, device=device),
-        torch.tensor([1.0], device=device),
-        0.0,
-        0.0,
-        0.0,
-        False,
-        False,
-        True,
+        grad_scale=torch.tensor(grad_scale, device=device),
+        found_inf=torch.tensor([1.0], device=device),
+        compute_stats=True,
     )
     assert torch.equal(stats.cpu(), torch.zeros(2)) and torch.equal(param.cpu(), torch.ones(4))
 
@@ -208,14 +179,10 @@ def test_a_nonzero_found_inf_below_the_math_dtype_skips_the_step(device, op, fou
             t["coefficients"],
             t["lr"],
             t["step"],
-            t["grad_scale"],
-            t["found_inf"],
-            0.0,
-            0.0,
-            0.0,
-            False,
-            True,
-            True,
+            grad_scale=t["grad_scale"],
+            found_inf=t["found_inf"],
+            maximize=True,
+            compute_stats=True,
         )
     else:
         stats = ops.adamw_step_(
@@ -227,15 +194,15 @@ def test_a_nonzero_found_inf_below_the_math_dtype_skips_the_step(device, op, fou
             t["coefficients"],
             t["lr"],
             t["step"],
-            t["grad_scale"],
-            t["found_inf"],
-            0.9,
-            0.999,
-            1e-8,
-            0.01,
-            True,
-            True,
-            True,
+            grad_scale=t["grad_scale"],
+            found_inf=t["found_inf"],
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            amsgrad=True,
+            maximize=True,
+            compute_stats=True,
         )
     for got, want in zip([param, *states], before, strict=True):
         assert torch.equal(got, want)

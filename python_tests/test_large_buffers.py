@@ -124,7 +124,7 @@ def test_adamw_step_beyond_int32_indexing(large_device, dtype):
     device = large_device
     require_memory(device, 5 * HUGE * 2)  # param, exp_avg, exp_avg_sq, two grads
     k, n = 2, HUGE
-    hyper = (0.875, 0.9990234375, 1e-8, 0.01, False, False)  # beta1, beta2, eps, weight_decay, amsgrad, maximize
+    hyper = dict(beta1=0.875, beta2=0.9990234375, eps=1e-8, weight_decay=0.01, amsgrad=False, maximize=False)
     param, param_chunk = tiled(n, dtype, device, seed=11)
     exp_avg, exp_avg_chunk = tiled(n, dtype, device, seed=12)
     exp_avg_sq, exp_avg_sq_chunk = tiled(n, dtype, device, seed=13, positive=True)
@@ -134,8 +134,9 @@ def test_adamw_step_beyond_int32_indexing(large_device, dtype):
     grad_scale, found_inf = torch.tensor(4.0, device=device), torch.zeros(1, device=device)
     unused = torch.empty(0, dtype=dtype, device=device)
     stats = torch.ops.mimo_ext.adamw_step_(
-        param, exp_avg, exp_avg_sq, unused, list(grads), coefficients, lr, step, grad_scale, found_inf, *hyper, True
-    )
+        param, exp_avg, exp_avg_sq, unused, list(grads), coefficients, lr, step,
+        grad_scale=grad_scale, found_inf=found_inf, **hyper, compute_stats=True,
+    )  # fmt: skip
     assert step.item() == 4.0
 
     # The update is element-wise: the references on the sampled elements alone give those elements' results.
@@ -149,8 +150,8 @@ def test_adamw_step_beyond_int32_indexing(large_device, dtype):
         g = [convert(c[p_idx]) for c in grad_chunks]
         c = coefficients.cpu().to(acc if acc == torch.float64 else torch.float32)
         lr_ = lr.cpu().to(acc if acc == torch.float64 else torch.float32)
-        args = (grad_scale.cpu(), found_inf.cpu(), *hyper, False)
-        adamw_step_reference(p, m, v, p.new_empty(0), g, c, lr_, torch.tensor(3.0), *args)
+        scaling = dict(grad_scale=grad_scale.cpu(), found_inf=found_inf.cpu())
+        adamw_step_reference(p, m, v, p.new_empty(0), g, c, lr_, torch.tensor(3.0), **scaling, **hyper)
         return p, m, v
 
     oracle, truth = sampled_reference(dtype), sampled_reference(torch.float64)

@@ -160,7 +160,8 @@ def test_the_measurement_sees_parameter_size_temporaries(device):
     param, grad = torch.randn(N, device=device), torch.randn(N, device=device)
     state = [torch.zeros(N, device=device) for _ in range(3)]
     args = (param, *state, [grad], torch.ones(1, device=device), torch.tensor(1e-3, device=device))
-    args += (torch.zeros((), device=device), None, None)
-    largest = step_temporaries(device, lambda: adamw_step_reference(*args, 0.9, 0.999, 1e-8, 0.0, True, False, False))
+    args += (torch.zeros((), device=device),)
+    options = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=True, compute_stats=False)
+    largest = step_temporaries(device, lambda: adamw_step_reference(*args, **options))
     print(f"reference step on {device}: temporaries {largest} bytes, parameters {4 * N} bytes")
     assert largest >= 4 * N

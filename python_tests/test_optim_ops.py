@@ -4,6 +4,7 @@ errors of bad input (raised before anything is written)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -16,6 +17,7 @@ from optim_helpers import (
     threads,
 )
 
+import mimo_ext
 from mimo_ext.optim import adamw_step_reference, sgd_step_reference
 
 LENGTHS = [0, 1, 7, 1000]
@@ -23,17 +25,23 @@ KS = [1, 2, 3, 4]
 # (grad_scale, found_inf): not given, given, found_inf 0 (step runs) or 1 (step skipped).
 SCALING = [(None, None), (1024.0, None), (None, 0.0), (1024.0, 0.0), (None, 1.0), (1024.0, 1.0)]
 
-# Option sets: hyperparameters positional after found_inf, plus the step count the buffers are at. The betas are
+# Option sets: the hyperparameters (keyword arguments), plus the step count the buffers are at. The betas are
 # float32 numbers (1 - 2^-k) so that these tests measure the kernels, not the rounding of the hyperparameters,
 # which test_adamw_beta2_close_to_one_in_float32 measures.
 SGD_OPTIONS = {
-    "momentum-dampening-wd-maximize": ((0.01, 0.9, 0.1, False, True), 3.0),
-    "nesterov-first-step": ((0.0, 0.9, 0.0, True, False), 0.0),
-    "no-momentum-wd": ((0.05, 0.0, 0.0, False, False), 5.0),
+    "momentum-dampening-wd-maximize": (
+        dict(weight_decay=0.01, momentum=0.9, dampening=0.1, nesterov=False, maximize=True),
+        3.0,
+    ),
+    "nesterov-first-step": (dict(weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=True, maximize=False), 0.0),
+    "no-momentum-wd": (dict(weight_decay=0.05, momentum=0.0, dampening=0.0, nesterov=False, maximize=False), 5.0),
 }
 ADAMW_OPTIONS = {
-    "wd-first-step": ((0.875, 0.9990234375, 1e-8, 0.01, False, False), 0.0),
-    "amsgrad-maximize": ((0.5, 0.75, 1e-3, 0.0, True, True), 4.0),
+    "wd-first-step": (
+        dict(beta1=0.875, beta2=0.9990234375, eps=1e-8, weight_decay=0.01, amsgrad=False, maximize=False),
+        0.0,
+    ),
+    "amsgrad-maximize": (dict(beta1=0.5, beta2=0.75, eps=1e-3, weight_decay=0.0, amsgrad=True, maximize=True), 4.0),
 }
 
 
@@ -108,26 +116,40 @@ class Call:
         other.found_inf = copy(self.found_inf)
         return other
 
-    def args(self, compute_stats=True) -> tuple:
+    def arguments(self, compute_stats=True) -> dict:
+        """Every argument of the call by name, in the schema's order."""
         if self.algorithm == "sgd":
-            return (
-                self.param, self.states[0], self.grads, self.coefficients, self.lr, self.step, self.grad_scale,
-                self.found_inf, *self.options, compute_stats,
-            )  # fmt: skip
-        return (
-            self.param, *self.states, self.grads, self.coefficients, self.lr, self.step, self.grad_scale,
-            self.found_inf, *self.options, compute_stats,
-        )  # fmt: skip
+            states = {"momentum_buffer": self.states[0]}
+        else:
+            states = dict(zip(["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], self.states, strict=True))
+        return {
+            "param": self.param, **states, "grads": self.grads, "coefficients": self.coefficients, "lr": self.lr,
+            "step": self.step, "grad_scale": self.grad_scale, "found_inf": self.found_inf, **self.options,
+            "compute_stats": compute_stats,
+        }  # fmt: skip
 
     def run(self, fn, compute_stats=True) -> torch.Tensor:
-        return fn(*self.args(compute_stats))
+        return call_with(fn, self.arguments(compute_stats))
+
+
+def split_arguments(arguments: dict) -> tuple[tuple, dict]:
+    """The schema's positional arguments (the tensors before grad_scale) and its keyword-only ones."""
+    names = list(arguments)
+    cut = names.index("grad_scale")
+    return tuple(arguments[name] for name in names[:cut]), {name: arguments[name] for name in names[cut:]}
+
+
+def call_with(fn, arguments: dict):
+    """Calls the op or its reference as the schema takes the arguments: tensors positionally, the rest by keyword."""
+    args, kwargs = split_arguments(arguments)
+    return fn(*args, **kwargs)
 
 
 def used_states(algorithm, options) -> list[int]:
     """Indices of the state buffers the options use (the others must not be touched)."""
     if algorithm == "sgd":
-        return [0] if options[1] != 0 else []
-    return [0, 1, 2] if options[4] else [0, 1]
+        return [0] if options["momentum"] != 0 else []
+    return [0, 1, 2] if options["amsgrad"] else [0, 1]
 
 
 def stats_tolerance(call64: Call, n: int) -> torch.Tensor:
@@ -258,7 +280,8 @@ def test_sixteen_grads_are_accepted(device):
 def test_adamw_beta2_close_to_one_in_float32(device, beta2):
     # One step from zero state: exp_avg_sq = (1 - beta2) * g^2 exactly up to float32 rounding.
     n = 64
-    call = Call("adamw", (0.9, beta2, 1e-8, 0.0, False, False), 0.0, n, 1, torch.float32, device)
+    hyper = dict(beta1=0.9, beta2=beta2, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False)
+    call = Call("adamw", hyper, 0.0, n, 1, torch.float32, device)
     call.states[1].zero_()
     call.run(torch.ops.mimo_ext.adamw_step_.default)
     expected = (1 - beta2) * call.grads[0].double().cpu() ** 2
@@ -276,7 +299,77 @@ def test_opcheck(device, algorithm, scaling, dtype):
     op, _ = op_and_reference(algorithm)
     # opcheck runs the op on clones of the inputs several times (schema, fake tensors, AOT dispatch) and compares
     # the outputs (the statistics) and the mutated inputs between runs.
-    torch.library.opcheck(op, call.args(compute_stats=True))
+    torch.library.opcheck(op, *split_arguments(call.arguments(compute_stats=True)))
+
+
+# ---- one signature for the op, its wrapper, its reference and its fake; which kernel runs on which device
+
+STEP_FUNCTIONS = {
+    "sgd": [mimo_ext.ops.sgd_step_, sgd_step_reference, mimo_ext.ops._sgd_step_fake],
+    "adamw": [mimo_ext.ops.adamw_step_, adamw_step_reference, mimo_ext.ops._adamw_step_fake],
+}
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_wrapper_reference_and_fake_take_the_schema_arguments(algorithm):
+    # The dispatcher hands a Python kernel (the reference, the fake) the keyword-only arguments by name and leaves
+    # out those at their default: another name, kind or default would fail, or silently run with another value.
+    op, _ = op_and_reference(algorithm)
+    empty = inspect.Parameter.empty
+    schema = [(a.name, a.kwarg_only, a.default_value if a.has_default_value() else empty) for a in op._schema.arguments]
+    assert [name for name, kwarg_only, _ in schema if kwarg_only][0] == "grad_scale"
+    for fn in STEP_FUNCTIONS[algorithm]:
+        parameters = inspect.signature(fn).parameters.values()
+        assert [(p.name, p.kind == p.KEYWORD_ONLY, p.default) for p in parameters] == schema, fn.__qualname__
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_the_wrapper_calls_the_op(device, algorithm):
+    op, _ = op_and_reference(algorithm)
+    hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
+        "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
+    ]
+    call = Call(algorithm, hyper, step, 37, 3, torch.float32, device, 1024.0, 0.0)
+    twin = call.clone()
+    stats = call.run(STEP_FUNCTIONS[algorithm][0])
+    assert_bit_identical([stats, *call.tensors()], [twin.run(op), *twin.tensors()])
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_compiled_kernels_on_cpu_and_cuda_the_reference_on_other_devices(algorithm):
+    # The references are the ops' CompositeExplicitAutograd kernels (mimo_ext/optim/reference.py); the dispatcher
+    # prefers a backend's own kernel, so CPU and CUDA keep the compiled ones and meta tensors the fake.
+    name = f"mimo_ext::{algorithm}_step_"
+    op, reference = op_and_reference(algorithm)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd")
+    table = dict(line.split(": ", 1) for line in torch._C._dispatch_dump_table(name).splitlines() if ": " in line)
+    assert table["CPU"].endswith("[kernel]") and f"csrc/cpu/{algorithm}_step_cpu.cpp" in table["CPU"]
+    if mimo_ext._library.built_with_cuda():
+        assert table["CUDA"].endswith("[kernel]") and f"csrc/cuda/{algorithm}_step_cuda.cu" in table["CUDA"]
+    assert table["Meta"].endswith("[kernel]") and "default backend kernel" not in table["Meta"]
+    for key in ("XPU", "MPS", "PrivateUse1"):
+        assert table[key].endswith("[default backend kernel]"), (key, table[key])
+
+    hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
+        "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
+    ]
+    call = Call(algorithm, hyper, step, 37, 3, torch.float32, "cpu", 1024.0, 0.0)
+    # The XPU entry, as a call on XPU tensors would take it (on CPU tensors here): the reference's results.
+    twin = call.clone()
+    args, kwargs = split_arguments(call.arguments())
+    stats = op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.XPU), *args, **kwargs)
+    assert_bit_identical([stats, *call.tensors()], [twin.run(reference), *twin.tensors()])
+    # A bad lr: the CPU entry's compiled kernel refuses it by name; the reference fails inside torch.
+    args, kwargs = split_arguments({**call.arguments(), "lr": torch.ones(2)})
+    with pytest.raises(ValueError, match=f"mimo_ext.{algorithm}_step_: lr must hold a single value"):
+        op(*args, **kwargs)
+    with pytest.raises(RuntimeError, match="invalid for input of size 2"):
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.XPU), *args, **kwargs)
+    # Meta tensors: the fake (the reference would read found_inf on the host, which a meta tensor cannot give).
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in call.arguments().items()}
+    meta["grads"] = [g.to("meta") for g in call.grads]
+    stats = call_with(op, meta)
+    assert stats.device.type == "meta" and stats.shape == (6,)
 
 
 # ---- bad input: a specific error, and nothing written
@@ -284,21 +377,15 @@ def test_opcheck(device, algorithm, scaling, dtype):
 OTHER_DEVICE = "meta"  # a device unlike the test's, that needs no GPU
 
 
-def _sgd(c: Call, **changes):
-    """sgd_step_ arguments of ``c`` with some replaced (by name)."""
-    names = ["param", "momentum_buffer", "grads", "coefficients", "lr", "step", "grad_scale", "found_inf"]
-    names += ["weight_decay", "momentum", "dampening", "nesterov", "maximize", "compute_stats"]
-    values = dict(zip(names, c.args(), strict=True))
-    values.update(changes)
-    return tuple(values[name] for name in names)
+def _sgd(c: Call, **changes) -> dict:
+    """sgd_step_ arguments of ``c`` (by name) with some replaced."""
+    assert c.algorithm == "sgd" and set(changes) <= set(c.arguments())
+    return {**c.arguments(), **changes}
 
 
-def _adamw(c: Call, **changes):
-    names = ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grads", "coefficients", "lr", "step", "grad_scale"]
-    names += ["found_inf", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize", "compute_stats"]
-    values = dict(zip(names, c.args(), strict=True))
-    values.update(changes)
-    return tuple(values[name] for name in names)
+def _adamw(c: Call, **changes) -> dict:
+    assert c.algorithm == "adamw" and set(changes) <= set(c.arguments())
+    return {**c.arguments(), **changes}
 
 
 def _strided(t):
@@ -375,7 +462,9 @@ BAD_INPUTS = [
 
 def _fresh_call(algorithm, device):
     hyper = (
-        SGD_OPTIONS["momentum-dampening-wd-maximize"][0] if algorithm == "sgd" else (0.9, 0.99, 1e-8, 0.1, True, False)
+        SGD_OPTIONS["momentum-dampening-wd-maximize"][0]
+        if algorithm == "sgd"
+        else dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, amsgrad=True, maximize=False)
     )
     return Call(algorithm, hyper, 2.0, 10, 2, torch.float32, device, 8.0, 0.0)
 
@@ -389,7 +478,7 @@ def test_bad_input_is_rejected_before_any_write(device, algorithm, error, match,
     args = build(call)
     before = [t.clone() for t in call.tensors()]
     with pytest.raises(error, match=match):
-        op(*args)
+        call_with(op, args)
     assert_bit_identical(before, call.tensors())
 
 
@@ -402,7 +491,7 @@ def test_tensor_on_another_device_is_rejected(device, algorithm, name):
     moved = [g.to(OTHER_DEVICE) for g in call.grads] if name == "grads" else getattr(call, name).to(OTHER_DEVICE)
     before = [t.clone() for t in call.tensors()]
     with pytest.raises(ValueError, match="must be on the device of param"):
-        op(*build(call, **{name: moved}))
+        call_with(op, build(call, **{name: moved}))
     assert_bit_identical(before, call.tensors())
 
 
@@ -621,5 +710,5 @@ def test_cpu_tensor_in_a_cuda_call_is_rejected(cuda_device, algorithm, name):
         match = rf"{re.escape(name)} must be on the device of param \(cuda:0\), got cpu"
     before = [t.clone() for t in call.tensors()]
     with pytest.raises(ValueError, match=match):
-        op(*args)
+        call_with(op, args)
     assert_bit_identical(before, call.tensors())

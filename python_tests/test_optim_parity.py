@@ -154,16 +154,18 @@ class ForLoopOracle:
             lr = torch.tensor(opt["lr"], dtype=self.lr_dtype)
             if self.algorithm == "sgd":
                 sgd_step_reference(
-                    p.view(-1), s["momentum_buffer"].view(-1), flat, coefficients, lr, s["step"], None, None,
-                    opt["weight_decay"], c.get("momentum", 0.0), c.get("dampening", 0.0), c.get("nesterov", False),
-                    c.get("maximize", False), False,
+                    p.view(-1), s["momentum_buffer"].view(-1), flat, coefficients, lr, s["step"],
+                    weight_decay=opt["weight_decay"], momentum=c.get("momentum", 0.0),
+                    dampening=c.get("dampening", 0.0), nesterov=c.get("nesterov", False),
+                    maximize=c.get("maximize", False), compute_stats=False,
                 )  # fmt: skip
             else:
                 beta1, beta2 = c.get("betas", (0.9, 0.999))
                 adamw_step_reference(
                     p.view(-1), s["exp_avg"].view(-1), s["exp_avg_sq"].view(-1), s["max_exp_avg_sq"].view(-1), flat,
-                    coefficients, lr, s["step"], None, None, beta1, beta2, c.get("eps", 1e-8), opt["weight_decay"],
-                    c.get("amsgrad", False), c.get("maximize", False), False,
+                    coefficients, lr, s["step"], beta1=beta1, beta2=beta2, eps=c.get("eps", 1e-8),
+                    weight_decay=opt["weight_decay"], amsgrad=c.get("amsgrad", False),
+                    maximize=c.get("maximize", False), compute_stats=False,
                 )  # fmt: skip
 
 

@@ -42,23 +42,26 @@ def math_dtype(dtype):
 
 @st.composite
 def sgd_options(draw):
-    """(weight_decay, momentum, dampening, nesterov, maximize), valid for sgd_step_."""
+    """sgd_step_'s hyperparameters (weight_decay, momentum, dampening, nesterov, maximize) by name, valid."""
     weight_decay = draw(st.sampled_from([0.0]) | log_uniform(-4, -1))
     momentum = draw(st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.99))
     nesterov = momentum > 0 and draw(st.booleans())
     dampening = 0.0 if nesterov else draw(st.sampled_from([0.0]) | st.floats(0.0, 0.9))
-    return weight_decay, momentum, dampening, nesterov, draw(st.booleans())
+    maximize = draw(st.booleans())
+    return dict(weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize)
 
 
 @st.composite
 def adamw_options(draw):
-    """(beta1, beta2, eps, weight_decay, amsgrad, maximize). beta2 >= 0.5 bounds |m| / sqrt(v) after a step by
-    beta1 / sqrt(beta2) + 1 / sqrt(1 - beta2) <= 102, so that float16 parameters stay finite at lr <= 1."""
+    """adamw_step_'s hyperparameters (beta1, beta2, eps, weight_decay, amsgrad, maximize) by name. beta2 >= 0.5
+    bounds |m| / sqrt(v) after a step by beta1 / sqrt(beta2) + 1 / sqrt(1 - beta2) <= 102, so that float16
+    parameters stay finite at lr <= 1."""
     beta1 = draw(st.sampled_from([0.0, 0.9]) | st.floats(0.0, 0.99))
     beta2 = draw(st.sampled_from([0.999]) | st.floats(0.5, 0.9999))
     eps = draw(log_uniform(-12, -3))
     weight_decay = draw(st.sampled_from([0.0]) | log_uniform(-4, -1))
-    return beta1, beta2, eps, weight_decay, draw(st.booleans()), draw(st.booleans())
+    amsgrad, maximize = draw(st.booleans()), draw(st.booleans())
+    return dict(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
 
 
 # ---- the ops
@@ -124,8 +127,9 @@ class StepCall:
 
     def run(self, fn):
         head = (self.param, *(self.states if self.algorithm == "adamw" else self.states[:1]))
-        tail = (self.grads, self.coefficients, self.lr, self.step, self.grad_scale, self.found_inf)
-        return fn(*head, *tail, *self.options, True)
+        tail = (self.grads, self.coefficients, self.lr, self.step)
+        scaling = dict(grad_scale=self.grad_scale, found_inf=self.found_inf)
+        return fn(*head, *tail, **scaling, **self.options, compute_stats=True)
 
 
 @st.composite
@@ -150,8 +154,8 @@ def step_calls(draw, algorithm):
 
 def used_states(call: StepCall) -> list[int]:
     if call.algorithm == "sgd":
-        return [0] if call.options[1] != 0 else []
-    return [0, 1, 2] if call.options[4] else [0, 1]
+        return [0] if call.options["momentum"] != 0 else []
+    return [0, 1, 2] if call.options["amsgrad"] else [0, 1]
 
 
 def stats_tolerance(truth: StepCall) -> torch.Tensor:
@@ -203,12 +207,10 @@ def optimizer_runs(draw):
         mu=draw(log_uniform(-3, 1)),
     )
     if algorithm == "sgd":
-        weight_decay, momentum, dampening, nesterov, maximize = draw(sgd_options())
-        config.update(momentum=momentum, dampening=dampening, nesterov=nesterov)
+        config.update(draw(sgd_options()))
     else:
-        beta1, beta2, eps, weight_decay, amsgrad, maximize = draw(adamw_options())
-        config.update(betas=(beta1, beta2), eps=eps, amsgrad=amsgrad)
-    config.update(weight_decay=weight_decay, maximize=maximize)
+        options = draw(adamw_options())
+        config.update(betas=(options.pop("beta1"), options.pop("beta2")), **options)
     m = draw(st.integers(1, 4))
     steps = draw(st.integers(1, 3))
     path = draw(st.sampled_from(["objectives", "single"]))
@@ -221,16 +223,17 @@ def reference_step(algorithm, config, p, state, grads, coefficients, lr):
     flat = [g.reshape(-1) for g in grads]
     if algorithm == "sgd":
         sgd_step_reference(
-            p.view(-1), state["momentum_buffer"].view(-1), flat, coefficients, lr, state["step"], None, None,
-            config["weight_decay"], config["momentum"], config["dampening"], config["nesterov"], config["maximize"],
-            False,
+            p.view(-1), state["momentum_buffer"].view(-1), flat, coefficients, lr, state["step"],
+            weight_decay=config["weight_decay"], momentum=config["momentum"], dampening=config["dampening"],
+            nesterov=config["nesterov"], maximize=config["maximize"], compute_stats=False,
         )  # fmt: skip
     else:
         beta1, beta2 = config["betas"]
         adamw_step_reference(
             p.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), state["max_exp_avg_sq"].view(-1),
-            flat, coefficients, lr, state["step"], None, None, beta1, beta2, config["eps"], config["weight_decay"],
-            config["amsgrad"], config["maximize"], False,
+            flat, coefficients, lr, state["step"], beta1=beta1, beta2=beta2, eps=config["eps"],
+            weight_decay=config["weight_decay"], amsgrad=config["amsgrad"], maximize=config["maximize"],
+            compute_stats=False,
         )  # fmt: skip
 
 

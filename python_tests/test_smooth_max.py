@@ -170,9 +170,11 @@ def test_gradient_is_weights_times_upstream(device, dtype, entry):
     assert_matches_reference(grad, expected, scale=upstream.abs().max().item(), terms=16)
 
 
-def test_second_derivative_is_refused(device):
+@pytest.mark.parametrize("entry", ["smooth_max", "SmoothMax"])
+def test_second_derivative_is_refused(device, entry):
     losses = random_losses((3,), torch.float64, device).requires_grad_()
-    value, _ = mimo_ext.smooth_max(losses, 0.5)
+    forward = mimo_ext.smooth_max if entry == "smooth_max" else mimo_ext.SmoothMax.apply
+    value, _ = forward(losses, 0.5)
     (grad,) = torch.autograd.grad(value, losses, create_graph=True)
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         grad.sum().backward()

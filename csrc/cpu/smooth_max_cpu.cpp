@@ -16,6 +16,7 @@
 // sum is formed once the max is known instead of being rescaled as it grows, and the exp is ours (<= 1 ulp).
 // float64 keeps std::exp (scalar: float64 losses are rare, and the polynomial would need twice the degree).
 #include "../op_entry.h"
+#include "../smooth_max_math.h"
 #include "cpu_isa.h"
 #include "exp_nonpositive.h"
 #include "half_convert.h"
@@ -76,10 +77,8 @@ inline void smooth_max_block(const scalar_t* l, int64_t rows, Width width, acc_t
   }
   const int64_t count = rows * m;
   for (int64_t j = 0; j < count; ++j) {
-    const acc_t d = s.diff[j];
-    // d / mu <= 0, -Inf when mu underflowed to 0 (-> 0); d == 0 is weight 1 whatever mu, and must not be 0 / 0.
-    const acc_t scaled = d == acc_t(0) ? acc_t(0) : d / mu;
-    s.diff[j] = d == acc_t(0) ? acc_t(1) : exp_of_nonpositive(scaled);
+    // diff / mu <= 0, -Inf when mu underflowed to 0 (exp: 0); a zero difference is weight 1 whatever mu.
+    s.diff[j] = math::scaled_exp(s.diff[j], mu, [](acc_t x) { return exp_of_nonpositive(x); });
   }
   for (int64_t r = 0; r < rows; ++r) {
     acc_t sum = 0;

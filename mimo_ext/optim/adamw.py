@@ -8,7 +8,6 @@ import torch
 
 from ..objective import DEFAULT_MU
 from .base import MIMOOptimizer, check_scalar_or_tensor
-from .reference import adamw_step_reference
 
 __all__ = ["MIMOAdamW"]
 
@@ -48,7 +47,6 @@ class MIMOAdamW(MIMOOptimizer):
         >>> opt.step()
     """
 
-    _op_name = "mimo_ext::adamw_step_"
     # As torch.optim.Adam's __setstate__ fills a loaded group that lacks them; AdamW then forces decoupling on.
     _torch_group_defaults = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
     _torch_group_forced = {"decoupled_weight_decay": True}
@@ -116,12 +114,9 @@ class MIMOAdamW(MIMOOptimizer):
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _call_step(
-        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
-    ):
-        op = torch.ops.mimo_ext.adamw_step_.default if use_kernel else adamw_step_reference
+    def _call_step(self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats):
         beta1, beta2 = group["betas"]
-        return op(
+        return torch.ops.mimo_ext.adamw_step_.default(
             param,
             states["exp_avg"],
             states["exp_avg_sq"],
@@ -130,13 +125,13 @@ class MIMOAdamW(MIMOOptimizer):
             coefficients,
             lr,
             step,
-            grad_scale,
-            found_inf,
-            float(beta1),
-            float(beta2),
-            float(group["eps"]),
-            float(group["weight_decay"]),
-            bool(group["amsgrad"]),
-            bool(group["maximize"]),
-            compute_stats,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            amsgrad=bool(group["amsgrad"]),
+            maximize=bool(group["maximize"]),
+            compute_stats=compute_stats,
         )

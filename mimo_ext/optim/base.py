@@ -85,7 +85,6 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
 
     # torch.amp.GradScaler then hands over `grad_scale` and `found_inf` instead of unscaling .grad itself.
     _step_supports_amp_scaling = True
-    _op_name: str = ""
     # torch.optim's param-group keys that a checkpoint may lack (older torch, older mimo_ext), with the value
     # torch.optim's __setstate__ gives a group that lacks them; and the keys it sets whatever was loaded.
     _torch_group_defaults: dict = {}
@@ -157,7 +156,6 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
         compute_stats: bool,
-        use_kernel: bool,
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -382,7 +380,6 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         lr = self._lr_tensor(group, bucket)
         if found_inf is not None:
             found_inf = found_inf.to(bucket.device)
-        use_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(self._op_name, bucket.device.type.upper())
         total = None
         shard_at = {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]}
         for start, stop, step in runs:
@@ -403,7 +400,6 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                 None,
                 found_inf,
                 self.diagnostics,
-                use_kernel,
             )
             total = stats if total is None else total + stats
         if not bucket.sharded:

@@ -1,14 +1,20 @@
-"""Plain PyTorch implementations of the fused step operators: the test oracle, and the fallback on devices that
-have no compiled kernel.
+"""Plain PyTorch implementations of the fused step operators: the test oracle, and the operators' kernel on devices
+that have no compiled one.
 
 Each function takes the same arguments as its operator (``torch.ops.mimo_ext.sgd_step_`` /
-``adamw_step_``, see csrc/ops.cpp) and has the same effect: it blends the gradient buffers, updates parameter
-and state in place in the math dtype (float32 for half types, float64 for float64), advances ``step``, and
-returns the gradient statistics. Unlike the operators it reads ``found_inf`` on the host, so it synchronises and
-cannot be captured in a CUDA graph.
+``adamw_step_``, see csrc/ops.cpp), keyword-only from ``grad_scale`` on with the same defaults, and has the same
+effect: it blends the gradient buffers, updates parameter and state in place in the math dtype (float32 for half
+types, float64 for float64), advances ``step``, and returns the gradient statistics. Unlike the operators it reads
+``found_inf`` on the host, so it synchronises and cannot be captured in a CUDA graph.
+
+Both are registered below as the operators' CompositeExplicitAutograd kernels: the dispatcher prefers a device's
+own kernel (CPU and CUDA have compiled ones; meta tensors take the fake implementations of mimo_ext.ops), so they
+run on the other devices (MPS, XPU, ...).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -47,9 +53,22 @@ def _skipped(found_inf) -> bool:
 
 
 def sgd_step_reference(
-    param, momentum_buffer, grads, coefficients, lr, step, grad_scale, found_inf,
-    weight_decay, momentum, dampening, nesterov, maximize, compute_stats,
-) -> torch.Tensor:  # fmt: skip
+    param: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
+) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
@@ -74,9 +93,25 @@ def sgd_step_reference(
 
 
 def adamw_step_reference(
-    param, exp_avg, exp_avg_sq, max_exp_avg_sq, grads, coefficients, lr, step, grad_scale, found_inf,
-    beta1, beta2, eps, weight_decay, amsgrad, maximize, compute_stats,
-) -> torch.Tensor:  # fmt: skip
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    compute_stats: bool = False,
+) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
@@ -100,3 +135,7 @@ def adamw_step_reference(
     exp_avg_sq.copy_(v)
     step.add_(1)
     return stats
+
+
+torch.library.impl("mimo_ext::sgd_step_", "CompositeExplicitAutograd", sgd_step_reference)
+torch.library.impl("mimo_ext::adamw_step_", "CompositeExplicitAutograd", adamw_step_reference)

@@ -8,7 +8,6 @@ import torch
 
 from ..objective import DEFAULT_MU
 from .base import MIMOOptimizer, check_scalar_or_tensor
-from .reference import sgd_step_reference
 
 __all__ = ["MIMOSGD"]
 
@@ -44,7 +43,6 @@ class MIMOSGD(MIMOOptimizer):
         >>> opt.step()
     """
 
-    _op_name = "mimo_ext::sgd_step_"
     # As torch.optim.SGD's __setstate__ fills a loaded group that lacks them.
     _torch_group_defaults = {"foreach": None, "differentiable": False, "fused": False}
 
@@ -105,24 +103,20 @@ class MIMOSGD(MIMOOptimizer):
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _call_step(
-        self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats, use_kernel
-    ):
-        op = torch.ops.mimo_ext.sgd_step_.default if use_kernel else sgd_step_reference
-        momentum_buffer = states.get("momentum_buffer", param.new_empty(0))
-        return op(
+    def _call_step(self, group, param, states, grads, coefficients, lr, step, grad_scale, found_inf, compute_stats):
+        return torch.ops.mimo_ext.sgd_step_.default(
             param,
-            momentum_buffer,
+            states.get("momentum_buffer", param.new_empty(0)),
             grads,
             coefficients,
             lr,
             step,
-            grad_scale,
-            found_inf,
-            float(group["weight_decay"]),
-            float(group["momentum"]),
-            float(group["dampening"]),
-            bool(group["nesterov"]),
-            bool(group["maximize"]),
-            compute_stats,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            weight_decay=float(group["weight_decay"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+            compute_stats=compute_stats,
         )

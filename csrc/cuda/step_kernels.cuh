@@ -1,10 +1,15 @@
-// CUDA kernels of mimo_ext::sgd_step_ and mimo_ext::adamw_step_: one pass over the flat buffers. Grid-stride
-// loop in which each thread takes one 16-byte vector of the parameter, of every state buffer and of every
-// gradient buffer per step (falling back to one element when any buffer is not 16-byte aligned), blends the
-// gradients, applies the update and stores parameter and state once. lr, the step count, the coefficients and
-// found_inf are read on the device, so the launch needs no host synchronisation and can be captured in a CUDA
-// graph. The optional statistics are reduced per block (warp shuffles, then shared memory) into per-block
-// partials, summed afterwards in a fixed order: no atomics, so the results are reproducible.
+// The CUDA step kernel and its launcher, shared by sgd_step_cuda.cu and adamw_step_cuda.cu: one pass over the flat
+// buffers. Grid-stride loop in which each thread takes one 16-byte vector of the parameter, of every state buffer
+// and of every gradient buffer per step (falling back to one element when any buffer is not 16-byte aligned),
+// blends the gradients, applies the update and stores parameter and state once. lr, the step count, the
+// coefficients and found_inf are read on the device, so the launch needs no host synchronisation and can be
+// captured in a CUDA graph. The optional statistics are reduced per block (warp shuffles, then shared memory) into
+// per-block partials, summed afterwards in a fixed order: no atomics, so the results are reproducible.
+//
+// Templates in an unnamed namespace, as they were in one .cu: each op's file instantiates step_cuda_kernel for its
+// own algorithm only, so no kernel is compiled twice, and the kernels keep their names (.ci/codegen_guard.py).
+#pragma once
+
 #include "../blend_math.h"
 #include "../step_entry.h"
 #include "launch_utils.cuh"
@@ -14,7 +19,6 @@
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <type_traits>
 
@@ -273,10 +277,5 @@ void step_cuda_kernel(const StepBuffers& b, const Options& options) {
 }
 
 }  // namespace
-
-TORCH_LIBRARY_IMPL(mimo_ext, CUDA, m) {
-  m.impl("sgd_step_", &sgd_step_op<step_cuda_kernel<SgdOptions>>);
-  m.impl("adamw_step_", &adamw_step_op<step_cuda_kernel<AdamWOptions>>);
-}
 
 }  // namespace mimo_ext

@@ -1,9 +1,14 @@
-// CPU kernels of mimo_ext::sgd_step_ and mimo_ext::adamw_step_: one pass over the flat buffers, cut into fixed
-// chunks spread over the threads. Without statistics and with K <= 4 gradients, one loop blends and updates every
-// element (all buffers stream together); otherwise each chunk is walked in L1-sized blocks: the K gradients are
-// blended into an acc_t block, then the update reads and writes parameter and state once. Both give the same bits;
-// the loops are vectorised once per instruction set (cpu_isa.h). The optional statistics are summed per chunk and
-// then over chunks in a fixed order, so they do not depend on the number of threads.
+// The loops of the CPU step kernels (sgd_step_cpu.cpp, adamw_step_cpu.cpp): one pass over the flat buffers, cut
+// into fixed chunks spread over the threads. Without statistics and with K <= 4 gradients, one loop blends and
+// updates every element (all buffers stream together); otherwise each chunk is walked in L1-sized blocks: the K
+// gradients are blended into an acc_t block, then the update reads and writes parameter and state once. Both give
+// the same bits; the loops are vectorised once per instruction set (cpu_isa.h). The optional statistics are summed
+// per chunk and then over chunks in a fixed order, so they do not depend on the number of threads.
+//
+// Templates in an unnamed namespace, as they were in one .cpp: each op's file instantiates step_cpu_kernel for its
+// own algorithm only, so nothing is compiled twice and the instantiations keep internal linkage.
+#pragma once
+
 #include "../blend_math.h"
 #include "../step_entry.h"
 #include "cpu_isa.h"
@@ -12,7 +17,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/macros/Macros.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -278,10 +282,5 @@ void step_cpu_kernel(const StepBuffers& b, const Options& options) {
 }
 
 }  // namespace
-
-TORCH_LIBRARY_IMPL(mimo_ext, CPU, m) {
-  m.impl("sgd_step_", &sgd_step_op<step_cpu_kernel<SgdOptions>>);
-  m.impl("adamw_step_", &adamw_step_op<step_cpu_kernel<AdamWOptions>>);
-}
 
 }  // namespace mimo_ext
