@@ -152,7 +152,7 @@ def test_fsdp2_single_backward_matches_one_process_with_the_whole_batch(tmp_path
     for r in range(WORLD):
         assert_params_close(results[r]["params"], want)
     if kind == "mimo":
-        assert all(results[r]["state_is_dtensor"] for r in range(WORLD))
+        assert all(results[r]["state_is_dtensor"] and results[r]["saved_bytes"] > 0 for r in range(WORLD))
         message = results[0]["per_objective_error"]
         assert message and "per-objective path is not supported for sharded (DTensor) parameters" in message
         assert "mimo_loss" in message
@@ -181,3 +181,4 @@ def test_tensor_parallel_parameters_step_as_torch_and_partial_grads_are_refused(
     for r in range(WORLD):
         assert_params_close(results[r]["mimo"], results[r]["torch"])
         assert "Partial placement" in results[r]["partial_error"]
+        assert results[r]["stale_backward_refused"]

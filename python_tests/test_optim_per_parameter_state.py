@@ -215,3 +215,77 @@ def test_backward_through_parameters_changed_by_a_step_raises_as_with_torch(name
         optimizer.step()
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
+
+
+def two_linears():
+    torch.manual_seed(0)
+    return torch.nn.ModuleList([torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)])
+
+
+def test_loading_a_checkpoint_without_state_for_a_parameter_restarts_it_from_zeros():
+    # Into an optimizer that has stepped: a parameter the checkpoint holds no state for starts afresh, as in torch.
+    x = torch.ones(1, 3)
+    model = two_linears()
+    opt = MIMOAdamW(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (model[0](x).sum() + model[1](x).sum()).backward()
+        opt.step()
+    twin = two_linears()
+    reference = torch.optim.AdamW(twin.parameters(), lr=0.1)
+    reference.zero_grad()
+    twin[0](x).sum().backward()  # only the first layer has state in this checkpoint
+    reference.step()
+    model.load_state_dict(twin.state_dict())
+    opt.load_state_dict(reference.state_dict())
+    fresh = model[1].weight
+    assert opt.state[fresh]["exp_avg"].abs().max().item() == 0 and opt.state[fresh]["step"].item() == 0
+    for o, m in ((opt, model), (reference, twin)):
+        o.zero_grad()
+        (m[0](x).sum() + m[1](x).sum()).backward()
+        o.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=ATOL)
+
+
+def test_per_objective_path_skips_a_parameter_whose_grad_was_set_to_none():
+    # model.zero_grad() sets .grad to None: torch.optim then leaves the parameter alone, whatever it did before.
+    x = torch.ones(1, 3)
+    model = two_linears()
+    opt = MIMOAdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    opt.zero_grad()
+    opt.backward(model[0](x).sum() + model[1](x).sum(), [model[0](x).pow(2).sum()])
+    opt.step()
+    model.zero_grad()
+    before = model[1].weight.detach().clone()
+    opt.backward(model[0](x).sum(), [model[0](x).pow(2).sum()])
+    opt.step()
+    assert torch.equal(model[1].weight, before)
+
+
+def test_a_zero_size_parameter_counts_its_steps_as_torch():
+    counts = []
+    for cls in (MIMOAdamW, torch.optim.AdamW):
+        empty, other = torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.ones(3))
+        opt = cls([empty, other], lr=0.1)
+        for step in range(3):
+            opt.zero_grad()
+            (other.sum() + (empty.sum() if step else 0)).backward()
+            opt.step()
+        counts.append((opt.state[empty]["step"].item(), opt.state[other]["step"].item()))
+    assert counts[0] == counts[1] == (2.0, 3.0)
+
+
+def test_deleting_the_optimizer_frees_its_buffers():
+    import gc
+    import weakref
+
+    model = torch.nn.Linear(50, 50)
+    opt = MIMOAdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 50)).sum().backward()
+    opt.step()
+    state = weakref.ref(opt._buckets[0][0].state["exp_avg"])
+    del opt
+    gc.collect()
+    assert state() is None  # the parameters' gradient hooks do not keep the bucket alive
+    model(torch.ones(1, 50)).sum().backward()  # and the hooks left on the parameters do nothing

@@ -366,33 +366,40 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         if new:
             self._bind_state(group, bucket, loaded=False)  # an option turned on after construction
             if self._restarts_with(new):
+                _refuse_under_capture(bucket)
                 bucket.steps.reset()
                 bucket.publish_steps(self.state)
         # Per-parameter counts, as torch.optim keeps them (see step_counts.py): one launch per run of consecutive
         # reached parameters that share a count.
-        if bucket.steps.split(reached):
+        if bucket.steps.partly_reached(reached):
+            _refuse_under_capture(bucket)
+            bucket.steps.split(reached)
             bucket.steps.prune()
             bucket.publish_steps(self.state)
+        if found_inf is not None:
+            found_inf = found_inf.to(bucket.device)
+        for count in bucket.steps.without_elements(reached, bucket.numels):
+            count.add_(1.0 if found_inf is None else (found_inf.reshape(()) == 0).float())
         # A sharded bucket's parameters and gradients are separate local shards: one launch per parameter.
         runs = bucket.steps.runs(reached, bucket.offsets, bucket.numels, merge=not bucket.sharded)
         if not runs:
             return None
         lr = self._lr_tensor(group, bucket)
-        if found_inf is not None:
-            found_inf = found_inf.to(bucket.device)
         total = None
         shard_at = {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]}
         for start, stop, step in runs:
             if grads is None:
                 i = shard_at[start]
                 param, run_grads = bucket.local_param(i).view(-1), [bucket.local_grad(i).reshape(-1)]
+                states = {name: bucket.state_of(name, i) for name in names}
             else:
                 param, run_grads = bucket.param_buffer[start:stop], [g[start:stop] for g in grads]
+                states = {name: bucket.state[name][start:stop] for name in names}
             # grad_scale is in the coefficients (amp.py); found_inf still makes the kernel skip every write.
             stats = self._call_step(
                 group,
                 param,
-                {name: bucket.state[name][start:stop] for name in names},
+                states,
                 run_grads,
                 coefficients,
                 lr,
@@ -402,11 +409,10 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                 self.diagnostics,
             )
             total = stats if total is None else total + stats
-        if not bucket.sharded:
-            # The kernels write the flat buffer, whose views the parameters are not (see flat.py): bump the stepped
-            # parameters' version counters as torch.optim's in-place updates do, so that autograd still refuses a
-            # backward through a graph that saved a parameter before this step.
-            torch.autograd.graph.increment_version([p for p, hit in zip(bucket.params, reached, strict=True) if hit])
+        # The kernels write the flat buffer (or a sharded parameter's local shard), not the parameters themselves:
+        # bump the stepped parameters' version counters as torch.optim's in-place updates do, so that autograd still
+        # refuses a backward through a graph that saved a parameter before this step.
+        torch.autograd.graph.increment_version([p for p, hit in zip(bucket.params, reached, strict=True) if hit])
         if not self.diagnostics:
             return None
         return total if factors is None else amp.rescale_stats(total, factors)
@@ -422,6 +428,18 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         dist.all_reduce(g0, group=self._dist_group)
         g0.div_(dist.get_world_size(self._dist_group))
         return [g0], coefficients[:1]
+
+
+def _refuse_under_capture(bucket: FlatBucket) -> None:
+    """A step that splits or resets step counts copies a count on the device; captured in a CUDA graph, every replay
+    would copy it again (the count would never advance past the copy). Such a step must run before capture."""
+    if bucket.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "mimo_ext optimizer: this step reaches a different set of parameters than the steps before it (or "
+            "turns momentum on), which gives some parameters a step count of their own; that cannot happen inside "
+            "CUDA graph capture. Run one step with the same parameters reached (the same losses and frozen "
+            "parameters) before capturing"
+        )
 
 
 def _differentiable_message(name: str) -> str:

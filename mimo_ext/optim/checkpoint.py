@@ -23,7 +23,12 @@ class Checkpointing:
     def state_dict(self) -> dict:
         """torch.optim's format: per parameter its state buffers and its own ``step`` count (a 0-dim float32 tensor on
         the parameters' device, a copy), so a checkpoint loads into torch.optim.AdamW / SGD and back with identical
-        next steps. Parameters that share a count in this optimizer get one tensor each here, as in torch.optim."""
+        next steps. Parameters that share a count in this optimizer get one tensor each here, as in torch.optim.
+
+        A parameter that has not stepped yet has its (zero) state and a count of 0 here, where torch.optim would have
+        no entry: torch.distributed.checkpoint loads into the entries a fresh optimizer's state_dict holds, so they
+        must all be there. torch.optim.AdamW and ours read such an entry as a fresh start; torch.optim.SGD reads a
+        momentum buffer as "stepped before", which changes that parameter's first step when dampening != 0."""
         state_dict = super().state_dict()
         counts = {}
         for buckets in self._buckets:
@@ -48,7 +53,7 @@ class Checkpointing:
             for b, bucket in enumerate(buckets):
                 for name in self._state_names(group):
                     if name in bucket.state and not any(name in self.state.get(p, {}) for p in bucket.params):
-                        bucket.state[name].zero_()  # a checkpoint taken before this state existed
+                        bucket.zero_state(name)  # a checkpoint taken before this state existed
                 if flags is not None:
                     # Earlier mimo_ext checkpoints: one count per bucket, and flags of the parameters not stepped yet.
                     for p, stepped in zip(bucket.params, flags[g][b][1], strict=True):

@@ -9,6 +9,7 @@ storage it views, so a sub-module's state_dict() would have written the flat buf
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -81,14 +82,21 @@ class FlatBucket:
         ]
 
     def _make_hook(self, index: int):
+        # The hook stays on the parameter after the optimizer is gone: it holds the bucket weakly, so that the
+        # bucket's buffers (parameters' old storage aside) are freed with the optimizer.
+        bucket_ref = weakref.ref(self)
+
         def mark_touched(param: torch.Tensor) -> None:
-            self.touched[index] = True
-            if self.guard_base is not None:
+            bucket = bucket_ref()
+            if bucket is None:
+                return
+            bucket.touched[index] = True
+            if bucket.guard_base is not None:
                 grad = param.grad
                 # A view's _base is the root buffer (Python identity is kept while the buffer lives). A .grad that
                 # autograd created anew (it was None) is not in the buffer and did not bump its counter.
-                if grad is not None and grad._base is self.guard_base:
-                    self.guard_accumulations += 1
+                if grad is not None and grad._base is bucket.guard_base:
+                    bucket.guard_accumulations += 1
 
         return mark_touched
 
@@ -155,16 +163,35 @@ class FlatBucket:
         if loaded:
             self.steps.reset([_loaded_count(opt_state.get(p, {})) for p in self.params])
         for name in names:
-            buffer = self.state.get(name)
-            if buffer is None:
-                buffer = self.state[name] = self.new_buffer()
+            if name not in self.state:
+                self.state[name] = self._new_state()
             for i, p in enumerate(self.params):
-                view = self.view(buffer, i)
+                view = self.state_of(name, i).view(self.shapes[i])
                 old = opt_state.get(p, {}).get(name)
                 if loaded and old is not None:
                     view.copy_(self._local(old, name, i))
+                elif loaded:
+                    view.zero_()  # the checkpoint holds no such state for it: it starts from zeros, as in torch.optim
                 opt_state[p][name] = self._entry(view, i)
         self.publish_steps(opt_state)
+
+    def _new_state(self) -> torch.Tensor | list[torch.Tensor]:
+        """A zeroed state buffer: flat, or for a sharded bucket one tensor per local shard (DTensors over views of
+        one storage cannot be saved or copied by torch, and the sharded step runs per shard anyway)."""
+        if self.sharded:
+            return [torch.zeros(n, device=self.device, dtype=self.dtype) for n in self.numels]
+        return self.new_buffer()
+
+    def state_of(self, name: str, index: int) -> torch.Tensor:
+        """Parameter ``index``'s part of state buffer ``name``, 1-D."""
+        if self.sharded:
+            return self.state[name][index]
+        start = self.offsets[index]
+        return self.state[name][start : start + self.numels[index]]
+
+    def zero_state(self, name: str) -> None:
+        for buffer in self.state[name] if self.sharded else [self.state[name]]:
+            buffer.zero_()
 
     def _entry(self, view: torch.Tensor, index: int) -> torch.Tensor:
         """What ``opt.state[p][name]`` holds: the view itself, or for a sharded parameter a DTensor over it with the

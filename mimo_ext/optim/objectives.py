@@ -188,6 +188,8 @@ class PerObjectivePath:
             stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
             if p.grad is not None:
                 grads.append(i)
+            else:
+                bucket.touched[i] = False  # no gradient in torch's sense: not stepped unless this call reaches it
         if stale:
             with torch.no_grad():
                 torch._foreach_zero_(stale)

@@ -46,13 +46,25 @@ class StepCounts:
         """Parameter ``index``'s count (shared with its class: read it, do not write it)."""
         return self.counts[self.member[index]]
 
-    def split(self, reached: Sequence[bool]) -> bool:
-        """Before a step that reaches the parameters flagged in ``reached``: the reached members of a class that is
-        only partly reached move to a new class holding a copy of its count. Returns whether any class was split."""
+    def partly_reached(self, reached: Sequence[bool]) -> list[int]:
+        """The classes of which ``reached`` flags some members but not all (the ones :meth:`split` splits)."""
         reached_of: dict[int, set[bool]] = {}
         for cls, hit in zip(self.member, reached, strict=True):
             reached_of.setdefault(cls, set()).add(bool(hit))
-        partial = {cls: None for cls, hits in reached_of.items() if len(hits) == 2}
+        return [cls for cls, hits in reached_of.items() if len(hits) == 2]
+
+    def without_elements(self, reached: Sequence[bool], numels: Sequence[int]) -> list[torch.Tensor]:
+        """The counts of reached classes whose reached members hold no elements here (zero-size parameters, or
+        empty local shards on this rank): no launch advances them, so the caller does, as torch.optim counts a step
+        of an empty parameter."""
+        launched = {cls for cls, hit, n in zip(self.member, reached, numels, strict=True) if hit and n}
+        hit = {cls for cls, h in zip(self.member, reached, strict=True) if h}
+        return [self.counts[cls] for cls in sorted(hit - launched)]
+
+    def split(self, reached: Sequence[bool]) -> bool:
+        """Before a step that reaches the parameters flagged in ``reached``: the reached members of a class that is
+        only partly reached move to a new class holding a copy of its count. Returns whether any class was split."""
+        partial = {cls: None for cls in self.partly_reached(reached)}
         for i, hit in enumerate(reached):
             cls = self.member[i]
             if hit and cls in partial:
