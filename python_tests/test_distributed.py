@@ -12,6 +12,7 @@ parameters step as with torch's AdamW.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 
 import dist_workers as w
@@ -124,9 +125,17 @@ def test_torchrun_example_runs(mode, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     if mode == ["--fsdp"]:
         mode = [*mode, "--checkpoint", str(tmp_path / "dcp")]
-    done = subprocess.run(
-        [*torchrun, str(script), "--epochs", "5", *mode], capture_output=True, text=True, timeout=BOUND_S
-    )
+    command = [*torchrun, str(script), "--epochs", "5", *mode]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_S)
+    if done.returncode != 0 and "exitcode: -6" in done.stderr and "epoch 5: fused" in done.stdout:
+        # A rank killed by SIGABRT after training finished: the teardown abort of gloo/DCP threads that a loaded
+        # machine has shown once for the FSDP2 example (see the note in dist_workers.run). Run it once more, so
+        # that only a failure that repeats fails the test; the first run's stderr is kept for the report.
+        first = done.stderr[-1000:]
+        if mode and mode[0] == "--fsdp":
+            shutil.rmtree(tmp_path / "dcp", ignore_errors=True)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_S)
+        assert done.returncode == 0, f"failed twice; first run:\n{first}\nsecond run:\n{done.stderr[-1000:]}"
     assert done.returncode == 0, done.stderr[-2000:]
     assert "epoch 5: fused" in done.stdout
     if "--fsdp" in mode:
