@@ -133,8 +133,12 @@ def worker(rank: int, preset_name: str, rendezvous: str, out: str) -> None:
         dist.all_gather_object(gathered, {"error": error, "medians": medians, "numel": numel})
         if rank == 0:
             torch.save(gathered, out)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Done and saved: leave without the interpreter's teardown, where an FSDP2 rank on gloo has aborted ("terminate
+    # called without an active exception") under load after its work was complete.
+    os._exit(0)
 
 
 def main(argv=None) -> int:
