@@ -386,7 +386,9 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             return None
         lr = self._lr_tensor(group, bucket)
         total = None
-        shard_at = {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]}
+        shard_at = (
+            {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]} if grads is None else {}
+        )
         for start, stop, step in runs:
             if grads is None:
                 i = shard_at[start]

@@ -89,7 +89,10 @@ class StepCounts:
                 spans[-1] = (spans[-1][0], stop, cls)
             else:
                 spans.append((start, stop, cls))
-        repeated = {cls for n, (_, _, cls) in enumerate(spans) if any(c == cls for _, _, c in spans[:n])}
+        seen: set[int] = set()
+        repeated: set[int] = set()
+        for _, _, cls in spans:  # one pass: this runs every step, with one span per parameter when sharded
+            (repeated if cls in seen else seen).add(cls)
         before = {cls: self.counts[cls].clone() for cls in repeated}
         out, advanced = [], set()
         for start, stop, cls in spans:
