@@ -77,9 +77,9 @@ class FlatBucket:
         self.guard_version = 0
         self.guard_accumulations = 0
         # Frozen parameters (requires_grad=False) take part in the layout but never receive a gradient.
-        self._hooks = [
-            p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params) if p.requires_grad
-        ]
+        for i, p in enumerate(params):
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._make_hook(i))
 
     def _make_hook(self, index: int):
         # The hook stays on the parameter after the optimizer is gone: it holds the bucket weakly, so that the
@@ -241,10 +241,6 @@ class FlatBucket:
         """Points each parameter's ``opt_state[p]["step"]`` at its current count (after counts were split)."""
         for i, p in enumerate(self.params):
             opt_state[p]["step"] = self.steps.of(i)
-
-    def remove_hooks(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
 
 
 def is_dtensor(value) -> bool:
