@@ -16,18 +16,16 @@ Before timing, two steps of each optimizer from the same state are compared with
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import load_average, run_header, write_json
+from common import BenchmarkRun, benchmark_parser
 
 PRESETS = {
     "quick": {"width": 64, "input_dims": [64, 32], "min_run_time": 0.05, "rounds": 1},
@@ -136,22 +134,17 @@ def worker(rank: int, preset_name: str, rendezvous: str, out: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    # Done and saved: leave without the interpreter's teardown, where an FSDP2 rank on gloo has aborted ("terminate
-    # called without an active exception") under load after its work was complete.
+    # Done and saved: leave without the interpreter's teardown, where an FSDP2 rank on gloo can abort ("terminate
+    # called without an active exception") under load after its work is complete.
     os._exit(0)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
-    args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    out = args.out or Path(__file__).parent / "results" / f"fsdp_cpu_{preset_name}.json"
-    load_before = load_average()
+    args = benchmark_parser(__doc__).parse_args(argv)
+    bench = BenchmarkRun.start("fsdp", args, PRESETS)
     with tempfile.TemporaryDirectory() as tmp:
         rendezvous, gathered_path = os.path.join(tmp, "rendezvous"), os.path.join(tmp, "gathered.pt")
-        mp.spawn(worker, args=(preset_name, rendezvous, gathered_path), nprocs=WORLD)
+        mp.spawn(worker, args=(bench.preset_name, rendezvous, gathered_path), nprocs=WORLD)
         ranks = torch.load(gathered_path)
     worst = max(r["error"] for r in ranks)
     names = list(ranks[0]["medians"])
@@ -164,10 +157,7 @@ def main(argv=None) -> int:
     for name in names:
         speedup = "-" if name.startswith("MIMO") else f"{slower[name] / ours:.2f}x"
         print(f"  {name:<30} {slower[name] * 1e3:>22.3f} {speedup:>18}")
-    record = run_header(1, load_before, load_average(), preset_name, PRESETS[preset_name])
-    record.update({"world": WORLD, "parameters": total, "check_error": worst, "step_seconds": slower})
-    write_json(out, record)
-    print(f"wrote {out}")
+    bench.finish({"world": WORLD, "parameters": total, "check_error": worst, "step_seconds": slower})
     if worst > TOLERANCE:
         print(f"FAILED: MIMOAdamW differs from torch.optim.AdamW by {worst:.2e} > {TOLERANCE}", file=sys.stderr)
         return 1

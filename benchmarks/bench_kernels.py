@@ -24,13 +24,11 @@ torch.compile is compiled once per (K, dtype, form) with a dynamic length.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import copy_bandwidth, load_average, median_seconds, run_header, write_json
+from common import BenchmarkRun, benchmark_parser, copy_bandwidth, interleaved_rounds, median_seconds
 
 import mimo_ext
 
@@ -133,11 +131,7 @@ def bench_blend(device: str, preset: dict, ceiling: float, with_compile: bool, t
                     candidates = blend_candidates(form, base, grads, weights, with_compile)
                     for name, fn in candidates.items():
                         check_blend(name, fn, base, original, reference)
-                    rounds = {name: [] for name in candidates}
-                    for _ in range(preset["rounds"]):
-                        for name, fn in candidates.items():
-                            rounds[name].append(median_seconds(fn, preset["min_run_time"], threads))
-                    times = {name: statistics.median(ts) for name, ts in rounds.items()}
+                    times, rounds = interleaved_rounds(candidates, preset["rounds"], preset["min_run_time"], threads)
                     ours_name = next(name for name in times if name.startswith("mimo_ext"))
                     ours = times[ours_name]
                     # Each round times every candidate back to back, so one round's ratio is a paired comparison;
@@ -259,45 +253,25 @@ def print_tables(ceiling: float, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset (no torch.compile unless --compile)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    quick_help = "CI-sized preset (no torch.compile unless --compile)"
+    parser = benchmark_parser(__doc__, device=True, threads=0, rounds=True, quick_help=quick_help)
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="time torch.compile too (default: on in the full preset, off in --quick)",
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads to time with")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="blend lengths (default: preset's)")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="blend K values (default: preset's)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    preset = dict(PRESETS[preset_name])
-    for key in ("lengths", "ks", "rounds"):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
+    bench = BenchmarkRun.start("kernels", args, PRESETS, overrides=("lengths", "ks", "rounds"))
+    preset = bench.preset
     with_compile = (not args.quick) if args.compile is None else args.compile
-    torch.set_num_threads(args.threads)
-    load_before = load_average()
     ceiling = copy_bandwidth(max(preset["lengths"]), args.device, preset["min_run_time"], args.threads)
     rows = bench_blend(args.device, preset, ceiling, with_compile, args.threads)
     rows += bench_smooth_max(args.device, preset, args.threads)
-    load_after = load_average()
     print_tables(ceiling, rows)
-    print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
-    out = args.out or Path(__file__).parent / "results" / f"kernels_{args.device}_{preset_name}.json"
-    record = {
-        **run_header(args.threads, load_before, load_after, preset_name, preset),
-        "device": args.device,
-        "torch_compile": with_compile,
-        "copy_GB/s": ceiling,
-        "results": rows,
-    }
-    write_json(out, record)
-    print(f"wrote {out}")
+    bench.finish({"device": args.device, "torch_compile": with_compile, "copy_GB/s": ceiling, "results": rows})
     return 0
 
 

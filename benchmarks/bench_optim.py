@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from common import copy_bandwidth, load_average, median_seconds, resnet18_shapes, run_header, write_json
+from common import BenchmarkRun, benchmark_parser, copy_bandwidth, interleaved_rounds, resnet18_shapes
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
@@ -349,11 +347,8 @@ def run_case(
     errors = {p.name: check(p, expected, algorithm) for p in paths}
     del expected
 
-    rounds: dict[str, list[float]] = {p.name: [] for p in paths}
-    for _ in range(preset["rounds"]):
-        for p in paths:
-            rounds[p.name].append(median_seconds(p.step, preset["min_run_time"], args.threads))
-    seconds = {name: statistics.median(ts) for name, ts in rounds.items()}
+    steps = {p.name: p.step for p in paths}
+    seconds, rounds = interleaved_rounds(steps, preset["rounds"], preset["min_run_time"], args.threads)
     moved = bytes_per_step(n, initial_flat.element_size(), len(spec["states"]))
     ours_seconds = seconds[ours.name]
     return {
@@ -385,27 +380,18 @@ def print_row(r: dict, ceiling: float) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser = benchmark_parser(__doc__, device=True, threads=0, rounds=True)
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also time torch.compile of blend + stock update (default: on in the full preset, off in --quick)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads to time with")
     args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    preset = dict(PRESETS[preset_name])
+    bench = BenchmarkRun.start("optim", args, PRESETS, overrides=("rounds",))
+    preset = bench.preset
     if args.compile is None:
         args.compile = not args.quick
-    if args.rounds is not None:
-        preset["rounds"] = args.rounds
-    torch.set_num_threads(args.threads)
-    load_before = load_average()
     copy_length = max(preset["lengths"])
     copy_before = copy_bandwidth(copy_length, args.device, preset["min_run_time"], args.threads)
     model = late_fusion_shapes(preset["model_width"])
@@ -418,7 +404,6 @@ def main(argv=None) -> int:
             print(f"checked and timed: {case}, {algorithm}", flush=True)
             gc.collect()
     copy_after = copy_bandwidth(copy_length, args.device, preset["min_run_time"], args.threads)
-    load_after = load_average()
     ceiling = max(copy_before, copy_after)
     for row in rows:
         row["ours_fraction_of_copy"] = row["GB/s"][row["ours"]] / ceiling
@@ -427,23 +412,20 @@ def main(argv=None) -> int:
         f"\ncopy bandwidth (float32, n={copy_length:,}, {args.threads} thread(s)): {copy_before:.1f} GB/s before the "
         f"cases, {copy_after:.1f} GB/s after; 'of copy' is relative to the larger"
     )
-    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
-    out = args.out or Path(__file__).parent / "results" / f"optim_{args.device}_{preset_name}.json"
-    record = {
-        **run_header(args.threads, load_before, load_after, preset_name, preset),
-        "device": args.device,
-        "copy_GB/s": ceiling,
-        "copy_GB/s_before": copy_before,
-        "copy_GB/s_after": copy_after,
-        "K": K,
-        "gamma": GAMMA,
-        "mu": MU,
-        "hyperparameters": {name: spec["hyper"] for name, spec in ALGORITHMS.items()},
-        "check": {"steps": CHECK_STEPS, "relative_tolerance": TOLERANCE, "reference": "float64"},
-        "results": rows,
-    }
-    write_json(out, record)
-    print(f"wrote {out}")
+    bench.finish(
+        {
+            "device": args.device,
+            "copy_GB/s": ceiling,
+            "copy_GB/s_before": copy_before,
+            "copy_GB/s_after": copy_after,
+            "K": K,
+            "gamma": GAMMA,
+            "mu": MU,
+            "hyperparameters": {name: spec["hyper"] for name, spec in ALGORITHMS.items()},
+            "check": {"steps": CHECK_STEPS, "relative_tolerance": TOLERANCE, "reference": "float64"},
+            "results": rows,
+        }
+    )
     return 0
 
 

@@ -15,15 +15,13 @@ same step (they compute the same direction).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from common import load_average, run_header, write_json
+from common import BenchmarkRun, benchmark_parser
 
 from mimo_ext.balance.methods import forward_batch, make_method
 from mimo_ext.models import LateFusionMLP
@@ -78,14 +76,9 @@ def check(runs: list[Run], initial: torch.nn.Module) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads to time with (default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
-    args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    preset = PRESETS[preset_name]
-    torch.set_num_threads(args.threads)
+    args = benchmark_parser(__doc__, threads=1).parse_args(argv)
+    bench = BenchmarkRun.start("step", args, PRESETS)
+    preset = bench.preset
     torch.manual_seed(0)
     model = LateFusionMLP(preset["input_dims"], NUM_CLASSES, hidden=preset["hidden"], feature_dim=preset["feature_dim"])
     n = sum(p.numel() for p in model.parameters())
@@ -95,7 +88,6 @@ def main(argv=None) -> int:
     runs = [Run(name, model, inputs, labels) for name in METHOD_NAMES]
     for run in runs:
         run.step()  # warm-up: optimizer state, first-call allocations
-    load_before = load_average()
     rounds: dict[str, list[float]] = {run.name: [] for run in runs}
     for _ in range(preset["rounds"]):  # interleaved rounds: background load spreads over every method
         for run in runs:
@@ -105,23 +97,19 @@ def main(argv=None) -> int:
                 run.step()
                 times.append(time.perf_counter() - start)
             rounds[run.name].append(statistics.median(times))
-    load_after = load_average()
     seconds = {name: statistics.median(ts) for name, ts in rounds.items()}
     print(f"\nlate-fusion MLP, {n:,} parameters, batch {preset['batch']}, {args.threads} thread(s)")
     print(f"{'method':<12}{'ms/step':>9}{'x joint':>9}{'x mimo':>8}")
     for name, t in seconds.items():
         print(f"{name:<12}{t * 1e3:>9.2f}{t / seconds['joint']:>9.2f}{t / seconds['mimo']:>8.2f}")
-    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
-    out = args.out or Path(__file__).parent / "results" / f"step_cpu_{preset_name}.json"
-    record = {
-        **run_header(args.threads, load_before, load_after, preset_name, preset),
-        "parameters": n,
-        "seconds_per_step": seconds,
-        "seconds_per_round": rounds,
-        "ratio_to_mimo": {name: t / seconds["mimo"] for name, t in seconds.items()},
-    }
-    write_json(out, record)
-    print(f"wrote {out}")
+    bench.finish(
+        {
+            "parameters": n,
+            "seconds_per_step": seconds,
+            "seconds_per_round": rounds,
+            "ratio_to_mimo": {name: t / seconds["mimo"] for name, t in seconds.items()},
+        }
+    )
     return 0
 
 

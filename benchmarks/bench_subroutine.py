@@ -31,16 +31,13 @@ K and n. On a shared machine time with --threads 1 (the default).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
-import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import load_average, median_seconds, resnet18_shapes, run_header, write_json
+from common import BenchmarkRun, benchmark_parser, interleaved_rounds, resnet18_shapes
 
 import mimo_ext
 from mimo_ext.balance.methods.cagrad import DEFAULT_C, cagrad_coefficients, cagrad_dual_weights
@@ -376,11 +373,8 @@ def run_case(k: int, n: int, preset: dict, threads: int) -> list[dict]:
     p = Problem(k, n)
     errors = check(p)
     forms = [(method, form, fn) for method, fs in METHODS.items() for form, fn in fs.items()]
-    rounds: dict[tuple[str, str], list[float]] = {(m, f): [] for m, f, _ in forms}
-    for _ in range(preset["rounds"]):  # interleaved rounds: background load spreads over every form
-        for method, form, fn in forms:
-            rounds[(method, form)].append(median_seconds(lambda fn=fn: fn(p), preset["min_run_time"], threads))
-    seconds = {key: statistics.median(ts) for key, ts in rounds.items()}
+    calls = {(method, form): (lambda fn=fn: fn(p)) for method, form, fn in forms}
+    seconds, rounds = interleaved_rounds(calls, preset["rounds"], preset["min_run_time"], threads)
     mimo_seconds = seconds[("MIMO", "fused")]
     rows = []
     for (method, form), t in seconds.items():
@@ -401,24 +395,15 @@ def run_case(k: int, n: int, preset: dict, threads: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads to time with (default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/...)")
+    parser = benchmark_parser(__doc__, threads=1, rounds=True)
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="numbers of objectives (default: preset's)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="gradient lengths n (default: preset's)")
     parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default: preset's)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
     args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    preset = dict(PRESETS[preset_name])
-    for key in ("ks", "lengths", "min_run_time", "rounds"):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
+    bench = BenchmarkRun.start("subroutine", args, PRESETS, overrides=("ks", "lengths", "min_run_time", "rounds"))
+    preset = bench.preset
     if any(k < 2 for k in preset["ks"]):
         parser.error("K must be at least 2 (f0 and one uni-modal loss)")
-    torch.set_num_threads(args.threads)
-    load_before = load_average()
     rows = []
     with torch.no_grad():
         for k in preset["ks"]:
@@ -426,26 +411,22 @@ def main(argv=None) -> int:
                 rows += run_case(k, n, preset, args.threads)
                 print(f"checked and timed: K={k}, n={n:,}", flush=True)
                 gc.collect()
-    load_after = load_average()
     print(f"\n{'method':<10}{'form':<11}{'K':>3}{'n':>12}{'tensors':>9}{'ms':>11}{'ratio':>9}")
     for r in rows:
         print(
             f"{r['method']:<10}{r['form']:<11}{r['K']:>3}{r['n']:>12,}{r['tensors']:>9}"
             f"{r['seconds'] * 1e3:>11.3f}{r['ratio_to_mimo']:>8.1f}x"
         )
-    print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
-    out = args.out or Path(__file__).parent / "results" / f"subroutine_cpu_{preset_name}.json"
-    record = {
-        **run_header(args.threads, load_before, load_after, preset_name, preset),
-        "gamma": GAMMA,
-        "mu": MU,
-        "cagrad_c": DEFAULT_C,
-        "mmpareto_boost": DEFAULT_BOOST,
-        "check": {"rtol": RTOL, "atol_fraction_of_max": ATOL_FRACTION, "mimo_reference": "float64"},
-        "results": rows,
-    }
-    write_json(out, record)
-    print(f"wrote {out}")
+    bench.finish(
+        {
+            "gamma": GAMMA,
+            "mu": MU,
+            "cagrad_c": DEFAULT_C,
+            "mmpareto_boost": DEFAULT_BOOST,
+            "check": {"rtol": RTOL, "atol_fraction_of_max": ATOL_FRACTION, "mimo_reference": "float64"},
+            "results": rows,
+        }
+    )
     return 0
 
 

@@ -1,10 +1,14 @@
-"""What every benchmark shares: the machine's description, timing, and the JSON record."""
+"""What every benchmark shares: its command line, the machine's description, timing, and the JSON record."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import statistics
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +58,18 @@ def median_seconds(fn, min_run_time: float, num_threads: int = 1) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def interleaved_rounds(
+    fns: dict[Hashable, Callable[[], object]], rounds: int, min_run_time: float, threads: int
+) -> tuple[dict, dict]:
+    """Times each callable once per round, in turn, for ``rounds`` rounds, so that background load spreads over all
+    of them: ``(median of each one's round times, its round times)``, both keyed as ``fns``."""
+    per_round: dict = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            per_round[key].append(median_seconds(fn, min_run_time, threads))
+    return {key: statistics.median(times) for key, times in per_round.items()}, per_round
+
+
 def copy_bandwidth(n: int, device: str, min_run_time: float, threads: int) -> float:
     """GB/s of a float32 copy of n elements (read + write): the ceiling for memory-bound steps. The best of three
     medians, as background load only ever slows a copy down."""
@@ -77,6 +93,76 @@ def resnet18_shapes(in_channels: int, width: int = 64) -> list[tuple[int, ...]]:
                 shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
             inplanes = planes
     return shapes
+
+
+def benchmark_parser(
+    doc: str,
+    *,
+    device: bool = False,
+    threads: int | None = None,
+    quick_help: str = "CI-sized preset",
+    rounds: bool = False,
+    out_help: str = "",
+) -> argparse.ArgumentParser:
+    """The options every benchmark takes (--quick, --out), with --device where it runs on CUDA too, --threads where
+    it times on several (``threads``: the default; 0 for torch's intra-op thread count) and --rounds where it times
+    in interleaved rounds (see interleaved_rounds)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    if device:
+        parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    if threads == 0:
+        help_text = "intra-op threads to time with"
+        parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help=help_text)
+    elif threads is not None:
+        help_text = f"intra-op threads to time with (default {threads})"
+        parser.add_argument("--threads", type=int, default=threads, help=help_text)
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: preset's)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON file (default: benchmarks/results/...){out_help}")
+    return parser
+
+
+@dataclass
+class BenchmarkRun:
+    """One run of a benchmark as its command line set it: the size preset (``--quick`` or full, with the options
+    that override a preset's entry), the timing threads, the device, the JSON file, and the load average before."""
+
+    preset_name: str
+    preset: dict
+    threads: int
+    device: str
+    out: Path
+    load_before: list[float] | None
+
+    @classmethod
+    def start(
+        cls, benchmark: str, args: argparse.Namespace, presets: dict, overrides: Sequence[str] = ()
+    ) -> BenchmarkRun:
+        """Reads the run's settings from ``args`` (an override left None keeps the preset's value), sets torch's
+        intra-op threads to the timing threads where the benchmark has --threads, and reads the load average."""
+        preset_name = "quick" if args.quick else "full"
+        preset = dict(presets[preset_name])
+        for key in overrides:
+            if getattr(args, key) is not None:
+                preset[key] = getattr(args, key)
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        device = getattr(args, "device", "cpu")
+        out = args.out or Path(__file__).parent / "results" / f"{benchmark}_{device}_{preset_name}.json"
+        return cls(preset_name, preset, threads or 1, device, out, load_average())
+
+    def finish(self, fields: dict) -> dict:
+        """Reads the load average after, prints it, and writes the JSON record: the header of every benchmark
+        (run_header) then ``fields``. Returns the record."""
+        load_after = load_average()
+        loads = f"load average (1, 5, 15 min) before: {self.load_before}, after: {load_after}"
+        print(f"\n{self.threads} thread(s); {loads}")
+        record = {**run_header(self.threads, self.load_before, load_after, self.preset_name, self.preset), **fields}
+        write_json(self.out, record)
+        print(f"wrote {self.out}")
+        return record
 
 
 def run_header(threads: int, load_before, load_after, preset_name: str, preset: dict) -> dict:

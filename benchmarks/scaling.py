@@ -16,13 +16,12 @@ fit in the last-level cache (n >= 2^22 in the full preset):
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import torch
-from common import load_average, median_seconds, run_header, write_json
+from common import BenchmarkRun, benchmark_parser, median_seconds
 
 import mimo_ext
 
@@ -191,35 +190,20 @@ def plot(result: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized preset")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads to time with")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON file (default: benchmarks/results/...); the PNG is written beside it",
-    )
+    parser = benchmark_parser(__doc__, device=True, threads=0, out_help="; the PNG is written beside it")
     args = parser.parse_args(argv)
-    preset_name = "quick" if args.quick else "full"
-    preset = PRESETS[preset_name]
-    torch.set_num_threads(args.threads)
-    load_before = load_average()
+    bench = BenchmarkRun.start("scaling", args, PRESETS)
     with torch.no_grad():
-        result = run(preset, args.device, args.threads)
-    load_after = load_average()
+        result = run(bench.preset, args.device, args.threads)
     print(f"\n{'kernel':<8}" + "".join(f"{r['n']:>11}" for r in result["by_length"]["copy"]) + "   (GB/s)")
     for name, rows in result["by_length"].items():
         print(f"{name:<8}" + "".join(f"{r['GB/s']:>11.1f}" for r in rows))
     for name, value in result["fits"].items():
         print(f"{name:<32} {value:.3f}")
-    print(f"\n{args.threads} thread(s); load average (1, 5, 15 min) before: {load_before}, after: {load_after}")
-    out = args.out or Path(__file__).parent / "results" / f"scaling_{args.device}_{preset_name}.json"
-    record = {**run_header(args.threads, load_before, load_after, preset_name, preset), **result}
-    write_json(out, record)
-    plot(result, out.with_suffix(".png"), f"{record['machine']['cpu']}, {args.threads} thread(s), {args.device}")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    record = bench.finish(result)
+    png = bench.out.with_suffix(".png")
+    plot(result, png, f"{record['machine']['cpu']}, {args.threads} thread(s), {args.device}")
+    print(f"wrote {png}")
     return 0
 
 

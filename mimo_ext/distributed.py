@@ -2,9 +2,9 @@
 
 The MIMO weights ``softmax(f / mu)`` depend on the uni-modal losses. Under data parallelism each rank sees a shard
 of the batch, so weights computed from local losses differ between ranks and the averaged gradient is not the
-MIMO direction of the global batch. The fix costs one all-reduce of M scalars: average the uni-modal losses over
-the ranks (on the device, no host synchronisation) and take the weights from those. With equal shard sizes the
-mean of the local losses is the global batch's loss, so every rank uses the weights of the global batch.
+MIMO direction of the global batch. Consistent weights cost one all-reduce of M scalars: average the uni-modal
+losses over the ranks (on the device, no host synchronisation) and take the weights from those. With equal shard
+sizes the mean of the local losses is the global batch's loss, so every rank uses the weights of the global batch.
 
 Reduction is on by default whenever ``torch.distributed`` is initialised with more than one rank; ``sync=False``
 turns it off, ``process_group=`` picks the group.

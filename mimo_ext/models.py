@@ -37,7 +37,7 @@ __all__ = [
 class LateFusion(nn.Module):
     """Late fusion over arbitrary encoders, each mapping its modality to a ``(batch, feature_dim)`` tensor.
 
-    Subclasses (MLP now, CNN encoders later) only build the encoders; the heads and the forward pass live here.
+    Subclasses only build the encoders; the heads and the forward pass live here.
     """
 
     def __init__(self, encoders: Sequence[nn.Module], feature_dim: int, num_classes: int) -> None:

@@ -7,37 +7,30 @@ import numbers
 import torch
 
 from ..objective import DEFAULT_MU
-from .base import MIMOOptimizer, check_scalar_or_tensor
+from .arguments import ARGUMENT_DOCS, check_scalar_or_tensor
+from .base import MIMOOptimizer
 
 __all__ = ["MIMOAdamW"]
 
 
 class MIMOAdamW(MIMOOptimizer):
-    """AdamW (decoupled weight decay, optional AMSGrad) over flat parameter buffers, called as
+    __doc__ = """AdamW (decoupled weight decay, optional AMSGrad) over flat parameter buffers, called as
     ``torch.optim.AdamW``, that blends the per-objective gradients with the MIMO weights in the same pass.
 
     Args:
         params: parameters or param groups; each group may set lr, betas, eps, weight_decay, amsgrad, maximize,
             gamma and mu (and torch.optim.AdamW's other keys; ``decoupled_weight_decay=False`` raises ValueError:
-            Adam's L2 weight decay is not implemented). The parameters are moved into flat buffers (they become
-            views).
-        lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
+            Adam's L2 weight decay is not implemented).
+            {flat_buffers}
+        {lr}
         betas, eps, weight_decay, amsgrad, maximize: as in ``torch.optim.AdamW``.
-        foreach, fused: accepted for drop-in compatibility and stored in the param groups as torch.optim stores
-            them; the step is always one fused pass per bucket, whatever their values (``fused=True`` together
-            with ``foreach=True`` raises torch.optim's RuntimeError).
+        {foreach_fused}
         capturable: accepted and stored likewise; the step is always capturable (it never synchronises with the
             host, and can be captured in a CUDA graph), whatever its value.
-        differentiable: only False; True raises ValueError (the fused step is not differentiable).
-        gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
-        mu: temperature of the smoothed max (float or tensor), > 0.
-        diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
-        sync, process_group: under torch.distributed (default: when initialised with more than one rank), the
-            per-objective path takes the weights from the ranks' mean losses and all-reduces the blended gradient
-            once per bucket; use it on a model that is not wrapped in DistributedDataParallel (see README).
+        {mimo}
 
-    The step count is kept per parameter, as in torch.optim (see README "Step counts, per parameter"), as float32
-    device tensors, so the bias correction needs no host value.
+    The step count is kept per parameter, as in torch.optim (see docs/optimizers.md, "Step counts, per parameter"),
+    as float32 device tensors, so the bias correction needs no host value.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -45,11 +38,12 @@ class MIMOAdamW(MIMOOptimizer):
         >>> loss = model(torch.randn(4, 3)).pow(2).mean()
         >>> loss.backward()
         >>> opt.step()
-    """
+    """.format(**ARGUMENT_DOCS)
 
     # As torch.optim.Adam's __setstate__ fills a loaded group that lacks them; AdamW then forces decoupling on.
     _torch_group_defaults = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}
     _torch_group_forced = {"decoupled_weight_decay": True}
+    _float_hyperparameters = ("eps", "weight_decay")
 
     def __init__(
         self,
@@ -78,8 +72,7 @@ class MIMOAdamW(MIMOOptimizer):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
-            # torch.optim.AdamW's keys, stored as it stores them (state_dict()['param_groups'] then reads as
-            # torch's, and each optimizer loads the other's state_dict); none changes our step (see the docstring).
+            # torch.optim.AdamW's flags, stored as it stores them (each then loads the other's state_dict).
             foreach=foreach,
             capturable=capturable,
             differentiable=differentiable,
@@ -90,8 +83,7 @@ class MIMOAdamW(MIMOOptimizer):
         )
         super().__init__(params, defaults, diagnostics=diagnostics, sync=sync, process_group=process_group)
 
-    def _check_group(self, group: dict) -> None:
-        super()._check_group(group)
+    def _check_algorithm(self, group: dict) -> None:
         if not group.get("decoupled_weight_decay", True):
             # torch.optim.AdamW honours a param group's decoupled_weight_decay=False (Adam's L2 weight decay, added
             # to the gradient); the fused kernel implements the decoupled decay only.
@@ -107,9 +99,6 @@ class MIMOAdamW(MIMOOptimizer):
                 raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
         check_scalar_or_tensor("eps", group["eps"], minimum=0.0)
         check_scalar_or_tensor("weight_decay", group["weight_decay"], minimum=0.0)
-        for name in ("eps", "weight_decay"):
-            if isinstance(group[name], torch.Tensor):
-                raise ValueError(f"{name} must be a float (only lr, gamma and mu may be tensors)")
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")

@@ -20,8 +20,6 @@ recorded on the host by post-accumulate-grad hooks, so nothing is read back from
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ from ..distributed import resolve_group
 from ..objective import DEFAULT_MU
 from ..ops import smooth_max
 from . import amp
+from .arguments import check_floats, check_mimo_hyperparameters, check_torch_flags
 from .checkpoint import Checkpointing
 from .flat import FlatBucket, bucket_parameters
 from .objectives import HostState, PendingObjectives, PerObjectivePath
@@ -57,28 +56,6 @@ class StepDiagnostics:
     grad_norm: torch.Tensor
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_scalar_or_tensor(name: str, value, *, minimum: float, strict: bool = False) -> None:
-    """A hyperparameter given as a float, or as a one-element floating tensor (e.g. a device tensor for CUDA graph
-    capture). A float must be finite and >= minimum (> when strict); a tensor's value is checked only on the CPU,
-    where that does not synchronise."""
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point() or value.numel() != 1:
-            raise ValueError(
-                f"{name} must be a float or a one-element floating tensor, got {value.dtype} "
-                f"tensor of shape {tuple(value.shape)}"
-            )
-        if value.device.type != "cpu":
-            return
-        value = value.item()
-    if not _is_real(value) or not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-
-
 class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     """Base class of the fused MIMO optimizers; see the module docstring. Not used directly. The per-objective path
     (objectives.py) and checkpoints and copies (checkpoint.py) are mixins; loss scaling is in amp.py."""
@@ -89,11 +66,13 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     # torch.optim's __setstate__ gives a group that lacks them; and the keys it sets whatever was loaded.
     _torch_group_defaults: dict = {}
     _torch_group_forced: dict = {}
+    # The algorithm's hyperparameters that must be host floats (lr, gamma and mu may also be one-element tensors).
+    _float_hyperparameters: tuple[str, ...] = ()
 
     def __init__(
         self, params, defaults: dict, *, diagnostics: bool = False, sync: bool | None = None, process_group=None
     ) -> None:
-        _check_torch_flags(type(self).__name__, defaults)
+        check_torch_flags(type(self).__name__, defaults)
         # Distributed: resolved once (see mimo_ext.distributed); None when there is nothing to reduce. The arguments
         # are kept for copies: a pickled copy resolves them again in the process that loads it.
         self._dist_group = resolve_group(sync, process_group)
@@ -128,12 +107,14 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     # ---- subclass interface
 
     def _check_group(self, group: dict) -> None:
-        """Raises ValueError for a bad hyperparameter of the group (lr, gamma and mu are checked here)."""
-        check_scalar_or_tensor("lr", group["lr"], minimum=0.0)
-        check_scalar_or_tensor("gamma", group["gamma"], minimum=0.0)
-        check_scalar_or_tensor("mu", group["mu"], minimum=0.0, strict=True)
-        if group.get("differentiable", False):
-            raise ValueError(_differentiable_message(type(self).__name__))
+        """Raises ValueError for a bad hyperparameter of the group: lr, gamma, mu and differentiable first, then the
+        algorithm's own (_check_algorithm), then that those in _float_hyperparameters are not tensors."""
+        check_mimo_hyperparameters(type(self).__name__, group)
+        self._check_algorithm(group)
+        check_floats(group, self._float_hyperparameters)
+
+    def _check_algorithm(self, group: dict) -> None:
+        """Raises ValueError for a bad value of one of the algorithm's own hyperparameters."""
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         """Names of the state buffers the group's options use, in the operator's order."""
@@ -239,9 +220,8 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (run with gradients enabled), as in torch.optim.
         """
-        # Everything is validated before anything is written: a hyperparameter set to NaN in a param group after
-        # construction (or an lr scheduler's bad value) used to be applied silently (lr, gamma), or to raise from
-        # the op of a later group after the earlier groups had been updated (mu, betas: a half-written step).
+        # Everything is validated before anything is written: a bad value set in a param group after construction
+        # (e.g. an lr scheduler's NaN) raises here, never from a later group's op after earlier groups were updated.
         self._check_parameters()
         for group in self.param_groups:
             self._check_group(group)
@@ -442,23 +422,6 @@ def _refuse_under_capture(bucket: FlatBucket) -> None:
             "CUDA graph capture. Run one step with the same parameters reached (the same losses and frozen "
             "parameters) before capturing"
         )
-
-
-def _differentiable_message(name: str) -> str:
-    return (
-        f"{name}: differentiable=True is not supported: the fused step updates the flat buffers in place under "
-        "torch.no_grad(), so no gradient flows through it (use torch.optim's optimizer with differentiable=True to "
-        "differentiate through an optimizer step)"
-    )
-
-
-def _check_torch_flags(name: str, defaults: dict) -> None:
-    """torch.optim's constructor checks of foreach / fused / differentiable, before anything is built (torch.optim
-    raises them after the param groups were added, when ours would already have moved the parameters)."""
-    if defaults.get("differentiable", False):
-        raise ValueError(_differentiable_message(name))
-    if defaults.get("fused") and defaults.get("foreach"):
-        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")  # torch.optim's error, word for word
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -66,10 +66,10 @@ class Checkpointing:
         """Validates a state_dict against this optimizer before anything is loaded, and returns it with the MIMO
         hyperparameters a torch.optim checkpoint lacks (gamma, mu) taken from this optimizer's groups.
 
-        torch.optim's load_state_dict replaces the param groups and the state first: a state_dict of another
-        optimizer (its groups lacking this one's hyperparameters) then left a half-loaded optimizer whose next step
-        raised KeyError, one of another parameter layout raised from a copy after part of the state was loaded, and
-        one of torch.optim.SGD / AdamW (no gamma, mu) broke the per-objective path (KeyError 'mu')."""
+        torch.optim's load_state_dict replaces the param groups and the state first, so an unfit state_dict would
+        leave a half-loaded optimizer: one of another optimizer (groups lacking this one's hyperparameters) would
+        raise KeyError at the next step, one of another parameter layout would raise from a copy after part of the
+        state was loaded, and one of torch.optim.SGD / AdamW (no gamma, mu) would break the per-objective path."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list):
             raise ValueError(

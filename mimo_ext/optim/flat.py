@@ -77,9 +77,9 @@ class FlatBucket:
         self.guard_version = 0
         self.guard_accumulations = 0
         # Frozen parameters (requires_grad=False) take part in the layout but never receive a gradient.
-        self._hooks = [
-            p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params) if p.requires_grad
-        ]
+        for i, p in enumerate(params):
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._make_hook(i))
 
     def _make_hook(self, index: int):
         # The hook stays on the parameter after the optimizer is gone: it holds the bucket weakly, so that the
@@ -111,7 +111,7 @@ class FlatBucket:
         or re-shaped after construction, so the step's updates would be lost silently), or None."""
         if self.sharded:
             return None  # not moved: the parameters keep their owner's storage
-        # Whole lists compared at once: this runs before every step (about 0.1 us per parameter).
+        # Whole lists compared at once, not a Python loop over the parameters: this runs before every step.
         ptrs = [p.data_ptr() for p in self.params]
         shapes = [p.shape for p in self.params]
         if ptrs == self._view_ptrs and shapes == self.view_shapes:
@@ -241,10 +241,6 @@ class FlatBucket:
         """Points each parameter's ``opt_state[p]["step"]`` at its current count (after counts were split)."""
         for i, p in enumerate(self.params):
             opt_state[p]["step"] = self.steps.of(i)
-
-    def remove_hooks(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
 
 
 def is_dtensor(value) -> bool:

@@ -302,8 +302,7 @@ def describe(value) -> str:
 
 
 # How many autograd nodes _compiled_region visits at most: a torch.compile'd model's region lies a few nodes below
-# its losses (the loss functions), so this only bounds the cost of the walk over a large eager graph (about 0.5 us
-# per node, 0.25 ms in all on a loaded 2-core machine; a small late-fusion model's whole graph costs 20 us).
+# its losses (the loss functions), so this only bounds the host cost of the walk over a large eager graph.
 _GRAPH_WALK_LIMIT = 512
 
 

@@ -7,32 +7,27 @@ import math
 import torch
 
 from ..objective import DEFAULT_MU
-from .base import MIMOOptimizer, check_scalar_or_tensor
+from .arguments import ARGUMENT_DOCS, check_scalar_or_tensor
+from .base import MIMOOptimizer
 
 __all__ = ["MIMOSGD"]
 
 
 class MIMOSGD(MIMOOptimizer):
-    """SGD (momentum, dampening, Nesterov, L2 weight decay) over flat parameter buffers, called as
+    __doc__ = """SGD (momentum, dampening, Nesterov, L2 weight decay) over flat parameter buffers, called as
     ``torch.optim.SGD``, that blends the per-objective gradients with the MIMO weights in the same pass.
 
     Args:
         params: parameters or param groups; each group may set lr, momentum, dampening, weight_decay, nesterov,
-            maximize, gamma and mu. The parameters are moved into flat buffers (they become views; see
-            :mod:`mimo_ext.optim.base`).
-        lr: learning rate, a float or a one-element tensor (on the parameters' device for CUDA graph capture).
+            maximize, gamma and mu.
+            {flat_buffers}
+        {lr}
         momentum, dampening, weight_decay, nesterov, maximize: as in ``torch.optim.SGD``.
-        foreach, fused: accepted for drop-in compatibility and stored in the param groups as torch.optim stores
-            them; the step is always one fused pass per bucket, whatever their values (``fused=True`` together
-            with ``foreach=True`` raises torch.optim's RuntimeError). The step never synchronises with the host and
-            can be captured in a CUDA graph (torch.optim.SGD has no ``capturable`` argument, nor has this one).
-        differentiable: only False; True raises ValueError (the fused step is not differentiable).
-        gamma: weight of the smoothed max of the uni-modal losses (float or tensor), >= 0.
-        mu: temperature of the smoothed max (float or tensor), > 0.
-        diagnostics: compute :class:`StepDiagnostics` in the step's pass (``opt.last_diagnostics``).
-        sync, process_group: under torch.distributed (default: when initialised with more than one rank), the
-            per-objective path takes the weights from the ranks' mean losses and all-reduces the blended gradient
-            once per bucket; use it on a model that is not wrapped in DistributedDataParallel (see README).
+        {foreach_fused}
+        {mimo}
+
+    The step never synchronises with the host and can be captured in a CUDA graph (torch.optim.SGD has no
+    ``capturable`` argument, nor has this one).
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -41,10 +36,11 @@ class MIMOSGD(MIMOOptimizer):
         >>> f0, f1, f2 = model(x).pow(2).mean(), model(x)[:, 0].mean(), model(x)[:, 1].mean()
         >>> opt.backward(f0, [f1, f2])
         >>> opt.step()
-    """
+    """.format(**ARGUMENT_DOCS)
 
     # As torch.optim.SGD's __setstate__ fills a loaded group that lacks them.
     _torch_group_defaults = {"foreach": None, "differentiable": False, "fused": False}
+    _float_hyperparameters = ("momentum", "weight_decay", "dampening")
 
     def __init__(
         self,
@@ -72,8 +68,7 @@ class MIMOSGD(MIMOOptimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
             maximize=maximize,
-            # torch.optim.SGD's keys, stored as it stores them (state_dict()['param_groups'] then reads as torch's,
-            # and each optimizer loads the other's state_dict); none changes our step (see the docstring).
+            # torch.optim.SGD's flags, stored as it stores them (each then loads the other's state_dict).
             foreach=foreach,
             differentiable=differentiable,
             fused=fused,
@@ -82,8 +77,7 @@ class MIMOSGD(MIMOOptimizer):
         )
         super().__init__(params, defaults, diagnostics=diagnostics, sync=sync, process_group=process_group)
 
-    def _check_group(self, group: dict) -> None:
-        super()._check_group(group)
+    def _check_algorithm(self, group: dict) -> None:
         for name in ("momentum", "weight_decay"):
             check_scalar_or_tensor(name, group[name], minimum=0.0)
         if isinstance(group["dampening"], bool) or not math.isfinite(group["dampening"]):
@@ -93,9 +87,6 @@ class MIMOSGD(MIMOOptimizer):
                 "nesterov momentum requires momentum > 0 and dampening == 0, got momentum "
                 f"{group['momentum']} and dampening {group['dampening']}"
             )
-        for name in ("momentum", "weight_decay", "dampening"):
-            if isinstance(group[name], torch.Tensor):
-                raise ValueError(f"{name} must be a float (only lr, gamma and mu may be tensors)")
 
     def _restarts_with(self, new_state: list[str]) -> bool:
         return "momentum_buffer" in new_state

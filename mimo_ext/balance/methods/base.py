@@ -164,10 +164,6 @@ class StepTimes:
     backward_s: float
     weighting_s: float
 
-    @property
-    def total_s(self) -> float:
-        return self.backward_s + self.weighting_s
-
 
 def synchronize(device: torch.device) -> None:
     """Waits for the device's queued work (CUDA), so a host clock read afterwards measures it. No-op on the CPU."""
