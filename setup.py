@@ -5,9 +5,12 @@ Switches (environment variables):
   FORCE_CUDA=1          build the CUDA kernels, and fail if no CUDA toolkit or CUDA torch is found
   MIMO_EXT_FORCE_CPU=1  build the CPU kernels only, even where CUDA is available
   TORCH_CUDA_ARCH_LIST  GPU architectures, as for any torch extension; when unset and no GPU is visible, the
-                        default is "8.0;9.0+PTX" (A100, H100/H200, and PTX that newer GPUs compile at load time)
+                        default of csrc/build_flags.txt (A100, H100/H200, and PTX that newer GPUs compile at load time)
   MAX_JOBS              parallel compile jobs (ninja)
   MIMO_EXT_DEBUG=1      -O0 -g host and device code
+
+The sources are listed in csrc/sources.txt and the compiler flags in csrc/build_flags.txt, both read by
+CMakeLists.txt too.
 """
 
 import os
@@ -20,25 +23,48 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent.resolve()
-DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
-def read_sources() -> dict[str, list[str]]:
-    """csrc/sources.txt, the list CMakeLists.txt reads too, as {"cpu": [...], "cuda": [...]}."""
-    sections: dict[str, list[str]] = {"cpu": [], "cuda": []}
+def read_sections(name: str, sections: tuple[str, ...]) -> dict[str, list[str]]:
+    """csrc/<name> as {section: lines}: "[section]" lines, each followed by one entry per line, "#" comments.
+    CMakeLists.txt reads the same files the same way, and refuses the same mistakes: an unknown or missing section,
+    an entry before any section."""
+    found: dict[str, list[str]] = {}
     current = None
-    for raw in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+    for raw in (ROOT / "csrc" / name).read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("[") and line.endswith("]"):
             current = line[1:-1]
-            continue
-        sections[current].append(line)
-    return sections
+            if current not in sections:
+                sys.exit(f"mimo_ext: csrc/{name}: unknown section [{current}] (known: {', '.join(sections)})")
+            found.setdefault(current, [])
+        elif current is None:
+            sys.exit(f"mimo_ext: csrc/{name}: '{line}' is not under a section")
+        else:
+            found[current].append(line)
+    missing = [section for section in sections if section not in found]
+    if missing:
+        sys.exit(f"mimo_ext: csrc/{name}: no section {', '.join(f'[{section}]' for section in missing)}")
+    return found
 
 
-UNSWITCH_FLAG = "--param=max-unswitch-insns=400"
+SOURCES = read_sections("sources.txt", ("cpu", "cuda"))
+FLAGS = read_sections(
+    "build_flags.txt",
+    (
+        "cxx_optimize",
+        "cxx_debug",
+        "cxx_openmp",
+        "cxx_fp_model",
+        "cxx_gcc",
+        "nvcc_optimize",
+        "nvcc_debug",
+        "nvcc_half_defines",
+        "cuda_arch_default",
+    ),
+)
 
 
 def compiler_is_gcc() -> bool:
@@ -86,44 +112,34 @@ def write_build_info(with_cuda: bool, arch_list: str | None) -> None:
     )
 
 
-# No -std flag: torch picks the standard its headers need (C++17 before 2.12, C++20 from 2.12 on), and the
-# sources are C++17 so that both build (.ci/check_cxx17.py keeps them so).
 def make_extension():
-    sources = read_sources()
     with_cuda, reason = decide_cuda()
     debug = flag("MIMO_EXT_DEBUG")
-    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-    # OpenMP makes at::parallel_for run on torch's thread pool (torch ships and loads libgomp itself).
-    cxx_flags += ["-fopenmp"]
-    # sqrt without the errno branch: lets the compiler vectorise the AdamW update loop (nothing here reads errno).
-    cxx_flags += ["-fno-math-errno"]
-    # No a * b + c -> FMA contraction: the AVX2 / AVX-512 variants of the CPU loops (csrc/cpu/cpu_isa.h) then give
-    # bit-identical results to the baseline build, so a result does not depend on the variant chosen. (The libm
-    # calls left in them, smooth_max's per-row log, are glibc's own choice per CPU, the same for every variant.)
-    cxx_flags += ["-ffp-contract=off"]
-    # GCC unswitches a loop on a loop-invariant flag (maximize, nesterov, ...) only below 50 instructions by default;
-    # the half-type step loops, with their conversions, are longer, so they kept a select on a scalar bool, which
-    # GCC 12 cannot vectorise: those loops ran scalar (benchmarks/NOTES.md, session 4). Same operations, same bits.
+    # Host flags (csrc/build_flags.txt): optimisation or debug, OpenMP, the FP model, and GCC's own.
+    cxx_flags = FLAGS["cxx_debug" if debug else "cxx_optimize"] + FLAGS["cxx_openmp"] + FLAGS["cxx_fp_model"]
     if compiler_is_gcc():
-        cxx_flags += [UNSWITCH_FLAG]
+        cxx_flags += FLAGS["cxx_gcc"]
     arch_list = None
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(FLAGS["cuda_arch_default"])
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPU's")
-        nvcc_flags = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
+        # torch passes the half defines to every nvcc call itself; any it stops passing is added here.
+        torch_nvcc_flags = getattr(torch.utils.cpp_extension, "COMMON_NVCC_FLAGS", [])
+        nvcc_flags = [f for f in FLAGS["nvcc_half_defines"] if f not in torch_nvcc_flags]
+        nvcc_flags += FLAGS["nvcc_debug" if debug else "nvcc_optimize"]
         extension = CUDAExtension(
             name="mimo_ext._C",
-            sources=sources["cpu"] + sources["cuda"],
+            sources=SOURCES["cpu"] + SOURCES["cuda"],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=list(FLAGS["cxx_openmp"]),
         )
     else:
         extension = CppExtension(
             name="mimo_ext._C",
-            sources=sources["cpu"],
+            sources=SOURCES["cpu"],
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=list(FLAGS["cxx_openmp"]),
         )
     print(
         f"mimo_ext build: CUDA kernels {'ON' if with_cuda else 'OFF'} ({reason})"

@@ -27,8 +27,8 @@ void check_given(const char* op, const std::string& name, const at::Tensor& t) {
 
 // Called for every tensor argument by the Autograd-key kernel of blend, blend_ and the steps
 // (non_differentiable_autograd.cpp), the one layer every call with grad mode on passes through. With grad mode
-// on, an input that requires grad used to pass: blend's result then got no gradient (PyTorch only warns, at
-// backward time), and the in-place ops wrote into tensors autograd tracks (a leaf that requires grad, which
+// on, an input that requires grad is refused: blend's result would get no gradient (PyTorch only warns, at
+// backward time), and the in-place ops would write into tensors autograd tracks (a leaf that requires grad, which
 // PyTorch's own in-place ops refuse).
 void check_no_grad_needed(const char* op, const std::string& name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(!(t.requires_grad() && at::GradMode::is_enabled()), op, ": ", name,

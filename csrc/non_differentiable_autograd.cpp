@@ -2,14 +2,14 @@
 // for all four, doing what PyTorch does for its own ops at this layer, then handing the call to the device kernel:
 //
 // - With grad mode on, a tensor argument that requires grad is refused by name (ValueError). Without this kernel,
-//   PyTorch's autograd fallback answered first for some arguments, with "a leaf Variable that requires grad is
-//   being used in an in-place operation" (no argument named), and let others through to the kernel.
+//   PyTorch's autograd fallback would answer first for some arguments, with "a leaf Variable that requires grad
+//   is being used in an in-place operation" (no argument named), and let others through to the kernel.
 // - Every tensor the schema marks as written (Tensor(a!)) has its version counter bumped, as an in-place ATen op
 //   does, so that autograd notices a saved tensor that blend_ or a step later overwrote instead of silently
 //   computing a wrong gradient.
 //
-// The requires-grad check is made here only (the device kernels used to repeat it for some arguments); the rest of
-// the validation stays in checks.cpp, run by the device kernels before anything is written. Under
+// The requires-grad check is made here only, once per argument; the rest of the validation stays in checks.cpp,
+// run by the device kernels before anything is written. Under
 // torch.inference_mode() autograd keys are excluded and grad mode is off: this never runs, and nothing needs it.
 #include "checks.h"
 
@@ -48,8 +48,8 @@ void refuse_grad_bump_versions_redispatch(const c10::OperatorHandle& op, c10::Di
         check_no_grad_needed(name.c_str(), arguments[i].name(), t);
       }
       const c10::AliasInfo* alias = arguments[i].alias_info();
-      // An inference tensor has no version counter (bumping it throws, after the kernel wrote): it stays
-      // unversioned, as before this kernel existed.
+      // An inference tensor has no version counter (bumping it would throw, after the kernel wrote): it stays
+      // unversioned.
       if (alias != nullptr && alias->isWrite() && t.defined() && !t.is_inference()) {
         written.push_back(t);
       }

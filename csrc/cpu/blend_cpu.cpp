@@ -34,11 +34,10 @@ C10_ALWAYS_INLINE acc_t accumulate(acc_t acc, const scalar_t* const* g, const ac
 }
 
 // K <= kDirect: base and every gradient stream through one loop, each element written once. Reading all streams
-// in the same loop keeps every hardware prefetch stream running; a loop per gradient over L1-sized blocks
-// restarted each stream at every 4 KB page and ran at 60-75% of the copy bandwidth for K = 3..6 (NOTES.md). K = 5..8
-// went through groups of 4 over L1 blocks until session 3: on an AVX2 EPYC, K = 6 at 16M took 42-44 ms that way
-// against 32-36 ms in one loop (torch.compile's single loop: 34-35 ms). Up to 9 streams stay within the compiler's
-// run-time aliasing checks (out against base and each gradient), so the loop is still vectorised.
+// in the same loop keeps every hardware prefetch stream running, which blocked loops (a loop per gradient or per
+// group over L1-sized blocks) do not: they restart each stream at every 4 KB page and fall short of the copy
+// bandwidth (benchmarks/NOTES.md). Up to 9 streams stay within the compiler's run-time aliasing checks (out against
+// base and each gradient), so the loop is still vectorised.
 template <int G, typename Cv, typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void blend_direct(const scalar_t* b, const scalar_t* const* grads, const acc_t* coefficients,
                                     scalar_t* o, int64_t begin, int64_t end) {
@@ -146,10 +145,9 @@ MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX2 void blend_range_avx2(const scalar_t* b, c
   blend_range<cpu::MaskedConversions>(b, grads, coefficients, k_count, o, begin, end);
 }
 
-// The AVX-512 loops keep c10's conversions: with masked instructions GCC vectorises their branches, and on an
-// Intel Xeon with AVX-512 FP16 / BF16 and AMX (session 4) they were 15-25% faster than half_convert.h's
-// (bfloat16 / float16 blend_, K = 3 at 4M: 2.8 / 5.6 ms against 3.3 / 6.9). Without AVX-512, c10's stay scalar
-// in float16 (AVX2: 79 ms against 10-15 ms).
+// The AVX-512 loops keep c10's conversions: with masked instructions GCC vectorises their branches, and there they
+// are faster than half_convert.h's (benchmarks/NOTES.md); without AVX-512 c10's float16 conversions stay scalar.
+// Both give c10's bits (test_half_convert.cpp), so the choice changes the speed only.
 template <typename scalar_t, typename acc_t>
 MIMO_EXT_FLATTEN MIMO_EXT_TARGET_AVX512 void blend_range_avx512(const scalar_t* b, const scalar_t* const* grads,
                                                                 const acc_t* coefficients, int64_t k_count,

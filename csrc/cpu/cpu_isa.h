@@ -7,8 +7,8 @@
 // path that a baseline CPU runs). cpu_isa() picks the widest set this CPU supports, once per process;
 // MIMO_EXT_CPU_ISA=baseline|avx2|avx512 in the environment lowers the choice (to compare or to rule a set out).
 //
-// The variants give bit-identical results: the loops are element-wise, -std=c++20 keeps GCC from contracting
-// a * b + c into FMA (-ffp-contract=off in ISO mode), and the statistics' sums are not vectorised (no
+// The variants give bit-identical results: the loops are element-wise, -ffp-contract=off (csrc/build_flags.txt)
+// keeps the compiler from contracting a * b + c into FMA, and the statistics' sums are not vectorised (no
 // -ffast-math), so their order is the same in every variant.
 #pragma once
 
@@ -37,10 +37,10 @@ Fn pick_for_cpu_isa(Fn baseline, Fn avx2, Fn avx512) {
 }  // namespace mimo_ext
 
 // MIMO_EXT_FLATTEN on a per-ISA entry function inlines every call in its loops, c10's BFloat16 / Half conversions
-// included. In the blend, GCC stopped inlining those plain-inline constructors once the entry function held all
-// the always-inlined loop variants (its large-function growth limit), leaving one call per element and the
-// bfloat16 loops scalar (13.7 -> 2.7 ms for K = 3 at 4M elements; NOTES.md, session 3). The float16 loops and the
-// steps' half-type loops were scalar for other reasons (half_convert.h, and the unswitching flag in setup.py).
+// included: once an entry function holds all the always-inlined loop variants, GCC's large-function growth limit
+// stops it inlining those plain-inline constructors, which leaves one call per element and the bfloat16 loops
+// scalar. (The float16 loops and the steps' half-type loops need more to vectorise: half_convert.h, and [cxx_gcc]
+// in csrc/build_flags.txt.)
 #if defined(__GNUC__) || defined(__clang__)
 #define MIMO_EXT_FLATTEN __attribute__((flatten))
 #else

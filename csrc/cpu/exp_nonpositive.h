@@ -1,7 +1,7 @@
 // exp(x) in float for x <= 0, written so that GCC vectorises a loop of it: no branch and no call.
 //
 // The smooth max's CPU kernel needs one exp per loss, and a call to glibc's expf keeps its loops scalar (rows of
-// M = 2..8 losses: 13 ns per loss on two threads, slower than logsumexp's vectorised exp). The algorithm is the
+// M = 2..8 losses: slower than logsumexp's vectorised exp). The algorithm is the
 // textbook one of Cephes' expf.c (Moshier), written out here: x = n ln2 + r with n = round(x / ln2) and a two-part
 // ln2 (Cody-Waite), so that |r| <= ln2 / 2 exactly; exp(r) by Cephes' degree-7 polynomial; then 2^n from the
 // exponent bits. For n below float's normal range the power is applied in two factors, so a subnormal result

@@ -3,11 +3,11 @@
 //
 // c10::Half and c10::BFloat16 convert through functions with a branch each (the clamp of the exponent bias and
 // the NaN test), which GCC 12 does not if-convert in our loops without AVX-512's masked instructions ("control
-// flow in loop"): the float16 loops of the baseline and AVX2 builds ran scalar, and the half-type step loops
-// (benchmarks/NOTES.md, session 4). These are c10's portable algorithms (fp16_ieee_to_fp32_value,
-// fp16_ieee_from_fp32_value, round_to_nearest_even) with the branches written as masks and std::max. They give
-// c10's bits for every input: checked once over all 2^16 halves and all 2^32 floats; test_half_convert.cpp checks
-// every half and bfloat16 and a strided sample of the floats.
+// flow in loop"): with them, the float16 loops of the baseline and AVX2 builds and the half-type step loops would
+// run scalar. These are c10's portable algorithms (fp16_ieee_to_fp32_value, fp16_ieee_from_fp32_value,
+// round_to_nearest_even) with the branches written as masks and std::max, and they must give c10's bits for every
+// input: test_half_convert.cpp checks every half and bfloat16 and a strided sample of the floats (all 2^32 of them
+// with its kStride = 1).
 // Like c10's, they need IEEE arithmetic on denormals (no flush-to-zero), which the CPU kernels never enable.
 #pragma once
 
@@ -105,7 +105,7 @@ struct MaskedConversions {  // the functions above
   }
 };
 
-struct C10Conversions {  // c10's own: with AVX-512's masked instructions GCC vectorises them, and they were faster
+struct C10Conversions {  // c10's own: with AVX-512's masked instructions GCC vectorises them, and they are faster
   template <typename scalar_t>
   static C10_ALWAYS_INLINE auto to_acc(scalar_t x) {
     if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {

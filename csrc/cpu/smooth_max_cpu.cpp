@@ -2,15 +2,14 @@
 // in passes that vectorise.
 //
 // Folding a row online (smooth_max_math.h, as the CUDA kernel does) costs an exp call per loss plus one per
-// weight and a data-dependent branch per loss, and a row of M = 2..8 losses is too short for vector code: 13 ns
-// per loss on two threads, slower than logsumexp + autograd for [B, M] with large B. Here, per block:
+// weight and a data-dependent branch per loss, and a row of M = 2..8 losses is too short for vector code: slower
+// than logsumexp + autograd for [B, M] with large B. Here, per block:
 //   1. each row's max and finiteness, and the differences l_i - max into a scratch block;
 //   2. exp(difference / mu) over the whole block in one loop (exp_nonpositive.h: one vectorised exp per loss);
 //   3. each row's sum (in order), its value max + mu * log(sum) (a libm call per row), its weights exp / sum.
 // Rows of M = 2..8 (the usual numbers of modalities) get copies compiled with M known, so the per-row loops of
 // passes 1 and 3 unroll and vectorise across rows (each lane one row, its sum still in order: the same bits).
-// [1M, 3] float32 forward on two threads: 39 ms online, 21 ms with the passes, 11 ms with the fixed widths
-// (benchmarks/NOTES.md, session 5).
+// What the passes and the fixed widths gain: benchmarks/NOTES.md.
 // The math is smooth_max_math.h's (relative to the row's max; a zero difference is weight 1 exactly, so a
 // temperature that underflows to 0 gives the hard max; a row with any NaN or +-Inf is NaN throughout); only the
 // sum is formed once the max is known instead of being rescaled as it grows, and the exp is ours (<= 1 ulp).

@@ -5,8 +5,8 @@
 // the same bits; the loops are vectorised once per instruction set (cpu_isa.h). The optional statistics are summed
 // per chunk and then over chunks in a fixed order, so they do not depend on the number of threads.
 //
-// Templates in an unnamed namespace, as they were in one .cpp: each op's file instantiates step_cpu_kernel for its
-// own algorithm only, so nothing is compiled twice and the instantiations keep internal linkage.
+// Templates in an unnamed namespace: each op's file instantiates step_cpu_kernel for its own algorithm only, so
+// nothing is compiled twice and the instantiations keep internal linkage.
 #pragma once
 
 #include "../blend_math.h"
@@ -44,10 +44,10 @@ struct StepPointers {
 };
 
 // Without statistics and with K <= 4 gradients: blend and update in one loop over [begin, end), every buffer
-// streaming together (a loop per gradient over L1-sized blocks restarted each prefetch stream at every 4 KB page;
-// NOTES.md). The same operations in the same order as the blocked loop below, so the same bits. The pointers are
-// __restrict__ (the entry checks that param, states and grads do not overlap): with up to eight streams the
-// compiler would otherwise give up on its run-time aliasing checks and leave the loop scalar.
+// streaming together (a loop per gradient over L1-sized blocks restarts each prefetch stream at every 4 KB page;
+// benchmarks/NOTES.md). The same operations in the same order as the blocked loop below, so the same bits. The
+// pointers are __restrict__ (the entry checks that param, states and grads do not overlap): with up to eight
+// streams the compiler would otherwise give up on its run-time aliasing checks and leave the loop scalar.
 template <int G, typename scalar_t, int kStates, typename Update>
 C10_ALWAYS_INLINE void step_fused_loop(const Update& update, const typename Update::PerStep& per_step,
                                        const at::opmath_type<scalar_t>* coefficients,
@@ -62,8 +62,8 @@ C10_ALWAYS_INLINE void step_fused_loop(const Update& update, const typename Upda
     c[j] = coefficients[j];
   }
   // Local copies: the loop's stores cannot change them, so their option flags are loop-invariant and the
-  // compiler turns the selects on them into vector blends (read through the references, AdamW's loop stayed
-  // scalar: "control flow in loop").
+  // compiler turns the selects on them into vector blends (read through the references, they are not, and
+  // AdamW's loop stays scalar: "control flow in loop").
   const Update u = update;
   const typename Update::PerStep ps = per_step;
   for (int64_t i = begin; i < end; ++i) {
@@ -213,9 +213,8 @@ MIMO_EXT_TARGET_AVX2 void step_chunks_avx2(const StepPointers<scalar_t, Update>&
 
 template <typename scalar_t, int kStates, typename Update>
 auto step_chunks_for_cpu_isa() {
-  // AVX2 at most: on the AMD EPYC development machine GCC 12's AVX-512 build of these loops was never faster than
-  // the AVX2 build (one thread, 4M-16M elements: AdamW within 5%, SGD slower in repeated runs, on a machine whose
-  // timings vary by +-30%), and it doubles the code. The blend (blend_cpu.cpp) gains from it in bfloat16.
+  // AVX2 at most: GCC's AVX-512 build of these memory-bound loops is no faster than the AVX2 one
+  // (benchmarks/NOTES.md) and would double their code. (The blend, blend_cpu.cpp, gains from AVX-512 in bfloat16.)
   constexpr auto baseline = &step_chunks_baseline<scalar_t, kStates, Update>;
   constexpr auto avx2 = &step_chunks_avx2<scalar_t, kStates, Update>;
   return pick_for_cpu_isa(baseline, avx2, avx2);

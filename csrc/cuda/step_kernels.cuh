@@ -6,8 +6,8 @@
 // captured in a CUDA graph. The optional statistics are reduced per block (warp shuffles, then shared memory) into
 // per-block partials, summed afterwards in a fixed order: no atomics, so the results are reproducible.
 //
-// Templates in an unnamed namespace, as they were in one .cu: each op's file instantiates step_cuda_kernel for its
-// own algorithm only, so no kernel is compiled twice, and the kernels keep their names (.ci/codegen_guard.py).
+// Templates in an unnamed namespace: each op's file instantiates step_cuda_kernel for its own algorithm only, so no
+// kernel is compiled twice, and the kernels keep their names (.ci/codegen_guard.py).
 #pragma once
 
 #include "../blend_math.h"

@@ -1,6 +1,6 @@
 // Checks the smooth max's vectorisable exp (csrc/cpu/exp_nonpositive.h) against long double: every kStride-th float
-// in [-104, 0] plus the edge cases, in ulps of the float result (2^-149 for subnormal results). kStride = 1 (every
-// one of the 1.12e9 floats) passed when the header was written, with the bound below.
+// in [-104, 0] plus the edge cases, in ulps of the float result (2^-149 for subnormal results). With kStride = 1
+// (every one of the 1.12e9 floats) it must pass too, with the same bound, when exp_nonpositive.h changes.
 #include "../cpu/exp_nonpositive.h"
 #include "expect.h"
 
