@@ -12,13 +12,8 @@ import torch
 
 import mimo_ext
 from mimo_ext.optim import adamw_step_reference, sgd_step_reference
-from python_tests.optim_helpers import (
-    ALL_DTYPES,
-    acc_eps,
-    assert_bit_identical,
-    assert_within_reference_error,
-    threads,
-)
+from python_tests.optim_helpers import assert_bit_identical, threads
+from python_tests.references import FLOAT_DTYPES, assert_within_reference_error, math_eps
 
 LENGTHS = [0, 1, 7, 1000]
 KS = [1, 2, 3, 4]
@@ -166,7 +161,7 @@ def stats_tolerance(call64: Call, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("scaling", SCALING, ids=lambda s: f"scale={s[0]}-found_inf={s[1]}")
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize(
     "algorithm, options",
     [pytest.param("sgd", o, id=f"sgd-{name}") for name, o in SGD_OPTIONS.items()]
@@ -201,13 +196,13 @@ def test_op_matches_reference(device, algorithm, options, dtype, n, scaling):
             continue
         assert call.step.item() == step + 1
         what = f"K={k}"
-        assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what=f"{what} param")
+        assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what=f"{what} param")
         for s in used:
-            assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"{what} s{s}")
+            assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"{what} s{s}")
         # Statistics of the raw (unscaled) gradient buffers and of the blend, against float64.
         assert ref_stats.shape == stats.shape
         error = (stats.cpu().double() - truth_stats).abs()
-        tolerance = stats_tolerance(truth, n) * acc_eps(dtype)
+        tolerance = stats_tolerance(truth, n) * math_eps(dtype)
         assert (error <= tolerance).all(), (stats, truth_stats, tolerance)
 
 
@@ -225,10 +220,10 @@ def test_op_several_chunks(device, algorithm, dtype):
     stats = call.run(op)
     ref.run(reference)
     truth_stats = truth.run(reference)
-    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+    assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
     for s in used_states(algorithm, hyper):
-        assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"state {s}")
-    tolerance = stats_tolerance(truth, n) * acc_eps(dtype)
+        assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"state {s}")
+    tolerance = stats_tolerance(truth, n) * math_eps(dtype)
     assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all()
     # Deterministic: the same inputs give bit-identical outputs.
     again = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0)
@@ -273,7 +268,7 @@ def test_sixteen_grads_are_accepted(device):
     call.run(op)
     ref.run(reference)
     truth.run(reference)
-    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+    assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
 
 
 @pytest.mark.parametrize("beta2", [0.999, 0.9999])
@@ -285,10 +280,10 @@ def test_adamw_beta2_close_to_one_in_float32(device, beta2):
     call.states[1].zero_()
     call.run(torch.ops.mimo_ext.adamw_step_.default)
     expected = (1 - beta2) * call.grads[0].double().cpu() ** 2
-    torch.testing.assert_close(call.states[1].cpu().double(), expected, rtol=4 * acc_eps(torch.float32), atol=0)
+    torch.testing.assert_close(call.states[1].cpu().double(), expected, rtol=4 * math_eps(torch.float32), atol=0)
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("scaling", [(None, None), (1024.0, 0.0), (4.0, 1.0)], ids=["plain", "scaled", "skipped"])
 @pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
 def test_opcheck(device, algorithm, scaling, dtype):
@@ -537,10 +532,10 @@ def check_step_against_reference(call: Call, op, reference, algorithm, hyper, st
     assert stats.dtype == acc and stats.shape == (2 * k,) and stats.device == call.param.device
     assert call.step.item() == step + 1
     assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
-    assert_within_reference_error(call.param.cpu(), ref.param, truth.param, what="param")
+    assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
     for s in used_states(algorithm, hyper):
-        assert_within_reference_error(call.states[s].cpu(), ref.states[s], truth.states[s], what=f"state {s}")
-    tolerance = stats_tolerance(truth, n) * acc_eps(call.param.dtype)
+        assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"state {s}")
+    tolerance = stats_tolerance(truth, n) * math_eps(call.param.dtype)
     assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all(), (stats, truth_stats, tolerance)
 
 
@@ -551,7 +546,7 @@ STEP_CASES = [
 
 
 @pytest.mark.parametrize("pattern", STEP_ALIGNMENT_PATTERNS)
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("algorithm, options", STEP_CASES)
 def test_op_misaligned_and_mixed_alignment(device, algorithm, options, dtype, pattern):
     # The vector path (16 bytes of every buffer per thread and step on CUDA) needs every buffer aligned; one
@@ -587,7 +582,7 @@ def beyond_one_pass_cases(device):
     aligned, and float32 also through the element-wise path (every buffer at offset 1)."""
     if device != "cuda":
         return [(torch.float32, 0)]
-    return [(dtype, 0) for dtype in ALL_DTYPES] + [(torch.float32, 1)]
+    return [(dtype, 0) for dtype in FLOAT_DTYPES] + [(torch.float32, 1)]
 
 
 @pytest.mark.parametrize("algorithm, options", STEP_CASES)
@@ -659,10 +654,10 @@ def test_cuda_graph_capture_of_the_step_op(cuda_device, algorithm, options):
         steps_taken += 1
         ref.run(reference)
         truth_stats = truth.run(reference)
-        assert_within_reference_error(static.param.cpu(), ref.param, truth.param, what=f"{what} param")
+        assert_within_reference_error(static.param.cpu(), truth.param, ref.param, what=f"{what} param")
         for s in used_states(algorithm, hyper):
-            assert_within_reference_error(static.states[s].cpu(), ref.states[s], truth.states[s], what=f"{what} {s}")
-        tolerance = stats_tolerance(truth, n) * acc_eps(torch.float32)
+            assert_within_reference_error(static.states[s].cpu(), truth.states[s], ref.states[s], what=f"{what} {s}")
+        tolerance = stats_tolerance(truth, n) * math_eps(torch.float32)
         assert ((captured_stats.cpu().double() - truth_stats).abs() <= tolerance).all(), what
     assert static.step.item() == step + steps_taken == step + 4
 

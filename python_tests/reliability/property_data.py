@@ -49,34 +49,3 @@ def spread(shape, exponents: tuple[float, float], generator: torch.Generator, *,
         return magnitude
     sign = torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
     return sign * magnitude
-
-
-def elementwise_tolerance(reference: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor, terms: float):
-    """The per-element tolerance of a result stored in ``dtype`` and computed in its math type (float32, or float64
-    for float64), against a float64 reference: twice the error of rounding the reference to ``dtype`` (the result
-    may land on the other side of a rounding boundary), plus ``terms`` roundings of the math type on ``scale``, the
-    sum of the magnitudes of the terms that make up that element."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    rounding = (reference.to(dtype).to(torch.float64) - reference).abs()
-    return 2 * rounding + terms * torch.finfo(acc).eps * scale
-
-
-def assert_close_elementwise(actual: torch.Tensor, reference: torch.Tensor, tolerance: torch.Tensor, what: str):
-    """``|actual - reference| <= tolerance`` everywhere. Where the reference is beyond the range of actual's dtype,
-    actual must be the infinity of its sign (or, one rounding away, the largest finite value): the store saturates."""
-    got = actual.detach().to(torch.float64).cpu()
-    assert got.shape == reference.shape, (what, got.shape, reference.shape)
-    assert torch.equal(got.isnan(), reference.isnan()), f"{what}: NaN positions differ from the reference"
-    overflow = reference.to(actual.dtype).isinf() & ~reference.isinf()
-    if overflow.any():
-        largest = torch.finfo(actual.dtype).max
-        ok = (got[overflow].abs() >= largest) & (got[overflow].sign() == reference[overflow].sign())
-        assert ok.all(), f"{what}: values beyond the dtype's range must saturate to Inf, got {got[overflow][~ok]}"
-    check = ~overflow & ~reference.isnan()
-    error = (got - reference).abs()
-    bad = check & ~(error <= tolerance)
-    if bad.any():
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} elements off, e.g. got {got[bad][0].item()!r}, reference "
-            f"{reference[bad][0].item()!r}, error {error[bad][0].item():.3e} > tolerance {tolerance[bad][0].item():.3e}"
-        )

@@ -17,18 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mimo_ext
-from python_tests.references import blend_reference, smooth_max_reference
+from python_tests.references import assert_within_tolerance, blend_reference, reference_tolerance, smooth_max_reference
 from python_tests.reliability import hypothesis_profiles  # noqa: F401  (loads the settings profile before the tests are decorated)
-from python_tests.reliability.property_data import (
-    DTYPES,
-    assert_close_elementwise,
-    dtypes,
-    elementwise_tolerance,
-    exponent_range,
-    log_uniform,
-    seeds,
-    spread,
-)
+from python_tests.reliability.property_data import DTYPES, dtypes, exponent_range, log_uniform, seeds, spread
 
 
 @st.composite
@@ -48,8 +39,10 @@ def smooth_max_tolerances(losses64: torch.Tensor, mu: float, dtype: torch.dtype,
     m = losses64.shape[-1]
     top = losses64.max(-1).values
     value_scale = top.abs() + (top - losses64.min(-1).values) + mu * (math.log(m) + 1)
-    value_tol = elementwise_tolerance(value_ref, dtype, value_scale, terms=m + 8)
-    weights_tol = elementwise_tolerance(weights_ref, dtype, torch.ones_like(weights_ref), terms=2 * m + 8)
+    value_tol = reference_tolerance(value_ref, dtype, terms=m + 8, scale=value_scale, elementwise=True)
+    weights_tol = reference_tolerance(
+        weights_ref, dtype, terms=2 * m + 8, scale=torch.ones_like(weights_ref), elementwise=True
+    )
     return value_tol, weights_tol
 
 
@@ -66,8 +59,8 @@ def test_smooth_max_forward_and_backward(device, case):
     value, weights = mimo_ext.smooth_max(leaf, mu)
     assert value.device == weights.device == leaf.device
     assert value.dtype == weights.dtype == dtype and value.shape == shape[:-1] and weights.shape == shape
-    assert_close_elementwise(value, value_ref, value_tol, "value")
-    assert_close_elementwise(weights, weights_ref, weights_tol, "weights")
+    assert_within_tolerance(value, value_ref, value_tol, "value")
+    assert_within_tolerance(weights, weights_ref, weights_tol, "weights")
 
     # Backward: grad = grad_value[..., None] * weights, where weights is the stored (rounded) output, so the
     # gradient's error is |grad_value| times the weights' tolerance, plus the rounding of the product.
@@ -75,8 +68,10 @@ def test_smooth_max_forward_and_backward(device, case):
     value.backward(grad_value.to(device))
     g64 = grad_value.double()[..., None]
     grad_ref = g64 * weights_ref
-    grad_tol = elementwise_tolerance(grad_ref, dtype, grad_ref.abs(), terms=2) + g64.abs() * weights_tol
-    assert_close_elementwise(leaf.grad, grad_ref, grad_tol, "grad")
+    grad_tol = (
+        reference_tolerance(grad_ref, dtype, terms=2, scale=grad_ref.abs(), elementwise=True) + g64.abs() * weights_tol
+    )
+    assert_within_tolerance(leaf.grad, grad_ref, grad_tol, "grad")
 
 
 @st.composite
@@ -109,7 +104,7 @@ def blend_tolerance(base, grads, weights, gamma, reference):
     scale = base.double().cpu().abs()
     for w, g in zip(weights.double().cpu(), grads, strict=True):
         scale = scale + abs(gamma) * w.abs() * g.double().cpu().abs()
-    return elementwise_tolerance(reference, base.dtype, scale, terms=2 * k + 6)
+    return reference_tolerance(reference, base.dtype, terms=2 * k + 6, scale=scale, elementwise=True)
 
 
 @given(blend_cases())
@@ -119,7 +114,7 @@ def test_blend_out_of_place(device, case):
     reference = blend_reference(base, grads, weights, gamma)
     out = mimo_ext.blend(base, grads, weights, gamma)
     assert out.dtype == base.dtype and out.shape == base.shape and out.device == base.device
-    assert_close_elementwise(out, reference, blend_tolerance(base, grads, weights, gamma, reference), "blend")
+    assert_within_tolerance(out, reference, blend_tolerance(base, grads, weights, gamma, reference), "blend")
     assert all(torch.equal(a, b) for a, b in zip(inputs, [base, *grads, weights], strict=True)), "an input changed"
 
 
@@ -133,7 +128,7 @@ def test_blend_in_place(device, case, base_among_grads):
     others = [g.clone() for g in grads[int(base_among_grads) :]]
     returned = mimo_ext.blend_(base, grads, weights, gamma)
     assert returned is base
-    assert_close_elementwise(base, reference, tolerance, "blend_")
+    assert_within_tolerance(base, reference, tolerance, "blend_")
     assert all(torch.equal(a, b) for a, b in zip(others, grads[int(base_among_grads) :], strict=True))
 
 
@@ -165,13 +160,15 @@ def test_mimo_loss_value_and_gradient(device, case, as_tensor):
     value_tol, weights_tol = smooth_max_tolerances(f64, mu, dtype, value_ref, weights_ref)
     total = f0_64 + gamma * value_ref
     scale = f0_64.abs() + gamma * value_ref.abs()
-    tol = elementwise_tolerance(total, dtype, scale, terms=4) + gamma * value_tol
+    tol = reference_tolerance(total, dtype, terms=4, scale=scale, elementwise=True) + gamma * value_tol
     # gamma * value is rounded to the dtype before the sum: one more rounding of gamma * |value| in that dtype.
     tol = tol + torch.finfo(dtype).eps * gamma * value_ref.abs()
-    assert_close_elementwise(loss, total, tol, "mimo_loss")
+    assert_within_tolerance(loss, total, tol, "mimo_loss")
     assert f0.grad.item() == 1.0
     # Autograd hands smooth_max's backward gamma as a tensor of the losses' dtype: gamma is rounded to it first.
     grad_ref = gamma * weights_ref
-    grad_tol = elementwise_tolerance(grad_ref, dtype, grad_ref.abs(), terms=4) + gamma * weights_tol
+    grad_tol = (
+        reference_tolerance(grad_ref, dtype, terms=4, scale=grad_ref.abs(), elementwise=True) + gamma * weights_tol
+    )
     grad_tol = grad_tol + torch.finfo(dtype).eps * grad_ref.abs()
-    assert_close_elementwise(f.grad, grad_ref, grad_tol, "d loss / d f")
+    assert_within_tolerance(f.grad, grad_ref, grad_tol, "d loss / d f")

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_reference
-from python_tests.optim_helpers import acc_eps, assert_within_reference_error, linear_objective, threads
+from python_tests.optim_helpers import linear_objective, threads
+from python_tests.references import assert_within_reference_error, math_dtype, math_eps
 from python_tests.reliability import hypothesis_profiles  # noqa: F401  (loads the settings profile before the tests are decorated)
 from python_tests.reliability.property_data import dtypes, exponent_range, log_uniform, seeds, spread
 
@@ -34,10 +35,6 @@ def one_thread():
     # counts is reliability/test_determinism.py's job).
     with threads(1):
         yield
-
-
-def math_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @st.composite
@@ -186,11 +183,11 @@ def test_step_op_matches_reference(device, algorithm, data):
     assert call.step.item() == truth.step.item()
     assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
     assert all(torch.equal(call.states[s], t) for s, t in unused_before.items()), "an unused state was written"
-    assert_within_reference_error(call.param, oracle.param, truth.param, what="param")
+    assert_within_reference_error(call.param, truth.param, oracle.param, what="param")
     for s in used_states(call):
-        assert_within_reference_error(call.states[s], oracle.states[s], truth.states[s], what=f"state {s}")
+        assert_within_reference_error(call.states[s], truth.states[s], oracle.states[s], what=f"state {s}")
     error = (stats.double().cpu() - truth_stats).abs()
-    assert (error <= stats_tolerance(truth) * acc_eps(call.param.dtype)).all(), (stats, truth_stats)
+    assert (error <= stats_tolerance(truth) * math_eps(call.param.dtype)).all(), (stats, truth_stats)
 
 
 # ---- the optimizers, over a few steps
@@ -297,7 +294,7 @@ def test_optimizer_matches_per_parameter_reference(device, run):
     names = opt._state_names(opt.param_groups[0])
     for i, p in enumerate(params):
         what = f"param {i} {tuple(p.shape)}"
-        assert_within_reference_error(p.detach(), oracle.params[i], truth.params[i], what=what)
+        assert_within_reference_error(p.detach(), truth.params[i], oracle.params[i], what=what)
         for name in names:
             state = opt.state[p][name]
-            assert_within_reference_error(state, oracle.state[i][name], truth.state[i][name], what=f"{what} {name}")
+            assert_within_reference_error(state, truth.state[i][name], oracle.state[i][name], what=f"{what} {name}")
