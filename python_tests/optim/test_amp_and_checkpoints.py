@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mimo_ext
-from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from python_tests.optim_db import OPTIMIZERS
 from python_tests.optim_helpers import (
     assert_bit_identical,
     clone_model,
@@ -23,10 +23,6 @@ from python_tests.optim_helpers import (
     train_step,
 )
 
-OPTIMIZERS = {
-    "sgd": lambda params, **kw: MIMOSGD(params, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, **kw),
-    "adamw": lambda params, **kw: MIMOAdamW(params, lr=0.01, weight_decay=0.05, amsgrad=True, **kw),
-}
 PATHS = ["objectives", "single"]
 
 
@@ -55,7 +51,7 @@ def feed(model, opt, step, path, scaler=None):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_found_inf_set_by_hand_skips_every_write(device, name, path):
     model = make_model(device=device)
-    opt = OPTIMIZERS[name](model.parameters(), diagnostics=True)
+    opt = OPTIMIZERS[name].mimo(model.parameters(), diagnostics=True)
     train_step(model, opt, 0, path)  # non-zero state
     feed(model, opt, 1, path)
     before = snapshot(opt)
@@ -87,8 +83,8 @@ def test_grad_scaler_run_equals_unscaled_run(device, name, path, unscale_first):
     # Power-of-two scales: scaling and unscaling are exact, so the runs agree bit for bit (diagnostics included).
     model_a = make_model(device=device)
     model_b = clone_model(model_a)
-    opt_a = OPTIMIZERS[name](model_a.parameters(), diagnostics=True)
-    opt_b = OPTIMIZERS[name](model_b.parameters(), diagnostics=True)
+    opt_a = OPTIMIZERS[name].mimo(model_a.parameters(), diagnostics=True)
+    opt_b = OPTIMIZERS[name].mimo(model_b.parameters(), diagnostics=True)
     scaler = torch.amp.GradScaler(device, init_scale=2.0**12, growth_interval=2)
     scales = []
     for step in range(5):
@@ -113,7 +109,7 @@ def test_grad_scaler_run_equals_unscaled_run(device, name, path, unscale_first):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_non_finite_gradient_skips_the_step_and_backs_off(device, name, path, cause):
     model = make_model(device=device)
-    opt = OPTIMIZERS[name](model.parameters())
+    opt = OPTIMIZERS[name].mimo(model.parameters())
     train_step(model, opt, 0, path)
     before = snapshot(opt)
     scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
@@ -142,7 +138,7 @@ def test_inf_only_in_a_unimodal_gradient_skips_the_step(device, name):
     # Per-objective path: f_1's gradient overflows once scaled, f0's does not; GradScaler only looks at .grad (g0),
     # yet the step must be skipped and the scale lowered.
     model = make_model(device=device)
-    opt = OPTIMIZERS[name](model.parameters())
+    opt = OPTIMIZERS[name].mimo(model.parameters())
     train_step(model, opt, 0, "objectives")
     before = snapshot(opt)
     scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
@@ -183,8 +179,8 @@ def test_checkpoint_resume_is_bit_identical(device, name, path):
     n_steps, m_steps = 3, 3
     reference_model = make_model(device=device)
     model = clone_model(reference_model)
-    reference = OPTIMIZERS[name](reference_model.parameters())
-    opt = OPTIMIZERS[name](model.parameters())
+    reference = OPTIMIZERS[name].mimo(reference_model.parameters())
+    opt = OPTIMIZERS[name].mimo(model.parameters())
     for step in range(n_steps + m_steps):
         train_step(reference_model, reference, step, path)
     for step in range(n_steps):
@@ -193,7 +189,7 @@ def test_checkpoint_resume_is_bit_identical(device, name, path):
     del model, opt
 
     resumed_model = make_model(device=device, seed=123)  # different initial values: loading must overwrite them
-    resumed = OPTIMIZERS[name](resumed_model.parameters())
+    resumed = OPTIMIZERS[name].mimo(resumed_model.parameters())
     resumed_model.load_state_dict(torch.load(model_file, weights_only=True))
     resumed.load_state_dict(torch.load(opt_file, weights_only=True))
     # The parameters still live in the flat buffer (each at its offset), so the step updates what the model reads.
@@ -211,13 +207,13 @@ def test_checkpoint_resume_is_bit_identical(device, name, path):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_keeps_step_and_hyperparameters(device, name):
     model = make_model(device=device)
-    opt = OPTIMIZERS[name](model.parameters(), gamma=0.5, mu=0.3)
+    opt = OPTIMIZERS[name].mimo(model.parameters(), gamma=0.5, mu=0.3)
     for step in range(2):
         train_step(model, opt, step, "objectives", gamma=0.5, mu=0.3)
     state = torch.load(_save(opt.state_dict()), weights_only=True)
     assert state["param_groups"][0]["gamma"] == 0.5 and state["param_groups"][0]["mu"] == 0.3
     assert all(s["step"].item() == 2 for s in state["state"].values())
-    other = OPTIMIZERS[name](clone_model(model).parameters())
+    other = OPTIMIZERS[name].mimo(clone_model(model).parameters())
     other.load_state_dict(state)
     assert other.param_groups[0]["gamma"] == 0.5
     assert all(s["step"].item() == 2 for s in other.state.values())

@@ -9,6 +9,7 @@ import torch
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from python_tests.optim_db import CONFIGS, OPTIMIZERS
 from python_tests.optim_helpers import (
     assert_bit_identical,
     clone_model,
@@ -20,13 +21,6 @@ from python_tests.optim_helpers import (
     train_step,
 )
 
-OPTIMIZERS = {
-    "sgd": lambda params, **kw: MIMOSGD(params, lr=0.2, momentum=0.9, weight_decay=0.01, **kw),
-    "sgd-nesterov": lambda params, **kw: MIMOSGD(params, lr=0.1, momentum=0.8, nesterov=True, **kw),
-    "adamw": lambda params, **kw: MIMOAdamW(params, lr=0.01, weight_decay=0.05, **kw),
-    "adamw-amsgrad": lambda params, **kw: MIMOAdamW(params, lr=0.01, amsgrad=True, maximize=False, **kw),
-}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -35,13 +29,13 @@ def one_thread():
 
 
 @pytest.mark.parametrize("input_dims", [(5, 4), (5, 4, 3)], ids=["M=2", "M=3"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_per_objective_path_equals_single_backward(device, name, input_dims):
     gamma, mu = 0.8, 0.2
     model_a = make_model(input_dims, device=device)
     model_b = clone_model(model_a)
-    opt_a = OPTIMIZERS[name](model_a.parameters(), gamma=gamma, mu=mu)
-    opt_b = OPTIMIZERS[name](model_b.parameters(), gamma=gamma, mu=mu)
+    opt_a = CONFIGS[name].mimo(model_a.parameters(), gamma=gamma, mu=mu)
+    opt_b = CONFIGS[name].mimo(model_b.parameters(), gamma=gamma, mu=mu)
     initial = [p.detach().clone() for p in model_a.parameters()]
     for step in range(5):
         train_step(model_a, opt_a, step, "objectives", gamma=gamma, mu=mu, input_dims=input_dims)
@@ -82,9 +76,9 @@ def test_unreached_parameters_are_unchanged(device, name, path):
     sometimes = torch.nn.Parameter(torch.randn(4, device=device))
     params = list(model.encoders.parameters()) + [never, sometimes] + list(model.uni_heads.parameters())
     params += list(model.fusion_head.parameters())
-    opt = OPTIMIZERS[name](params)
+    opt = OPTIMIZERS[name].mimo(params)
     twin_params = list(twin.encoders.parameters()) + list(twin.uni_heads.parameters())
-    twin_opt = OPTIMIZERS[name](twin_params + list(twin.fusion_head.parameters()))
+    twin_opt = OPTIMIZERS[name].mimo(twin_params + list(twin.fusion_head.parameters()))
     never_before = [never.detach().clone()] + [v.clone() for k, v in opt.state[never].items() if k != "step"]
     for step in range(5):
         for m, o, extra in ((model, opt, True), (twin, twin_opt, False)):
@@ -143,7 +137,7 @@ def test_diagnostics_per_objective(device, name):
     # Two param groups (encoders; heads), so the statistics are summed over buckets.
     groups = [{"params": list(model.encoders.parameters())}]
     groups.append({"params": list(model.uni_heads.parameters()) + list(model.fusion_head.parameters())})
-    opt = OPTIMIZERS[name](groups, gamma=gamma, mu=mu, diagnostics=True)
+    opt = OPTIMIZERS[name].mimo(groups, gamma=gamma, mu=mu, diagnostics=True)
     params = [p for group in groups for p in group["params"]]
     for step in range(2):
         inputs, labels = make_batch(step, (5, 4, 3), dtype=torch.float64, device=device)
@@ -236,10 +230,10 @@ def test_sgd_dampening_parameter_first_reached_later(device):
     torch.testing.assert_close(opt.state[b]["momentum_buffer"], ref.state[b_ref]["momentum_buffer"])
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_step_without_any_backward_changes_nothing(device, name):
     model = make_model(device=device)
-    opt = OPTIMIZERS[name](model.parameters())
+    opt = CONFIGS[name].mimo(model.parameters())
     before = snapshot(opt)
     opt.step()
     opt.zero_grad()

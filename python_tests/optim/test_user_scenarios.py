@@ -4,9 +4,9 @@ The idea is PyTorch's OptimizerInfo / optim_db (torch/testing/_internal/common_o
 optimizer configurations once, describe the situations a user meets once, and run every pairing through one
 comparison instead of writing one test per pairing.
 
-``OPTIM_DB``: the optimizer configurations. Each :class:`OptimConfig` names our class, torch's class and the
-constructor keywords both get (ours adds ``gamma`` and ``mu``; torch's gets ``foreach=False``, its plain per-tensor
-loop, the reference).
+``OPTIM_DB`` (python_tests/optim_db.py): the optimizer configurations. Each ``OptimConfig`` names our class, torch's
+class and the constructor keywords both get (ours adds ``gamma`` and ``mu``; torch's gets ``foreach=False``, its plain
+per-tensor loop, the reference).
 
 ``SCENARIOS``: the user scenarios. Each :class:`Scenario` row is a generator function that takes a :class:`Side`
 (which optimizer it runs: ours or torch's; which path feeds ours its gradients: "single" or "per-objective") and
@@ -23,8 +23,8 @@ extra numbers, to float32 rounding.
 
 Adding a row:
 
-- an optimizer configuration: append an ``OptimConfig`` to ``OPTIM_DB``. Every scenario whose ``configs`` is
-  ``ALL`` (all of them now) runs it at once, on both paths.
+- an optimizer configuration: append an ``OptimConfig`` to ``OPTIM_DB`` in python_tests/optim_db.py. Every
+  scenario whose ``configs`` is ``ALL`` (all of them now) runs it at once, on both paths.
 - a scenario: write a generator ``def my_scenario(side: Side) -> Iterator[Record]`` that builds its model with
   ``side.model()`` and its optimizer with ``side.optimizer(...)``, feeds gradients with ``side.backward`` (or
   ``side.train``) and yields ``Record(model, opt, extras)`` after each step, STEPS times; append a ``Scenario``
@@ -39,7 +39,7 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import pytest
@@ -48,6 +48,7 @@ from torch import nn
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, MIMOOptimizer
+from python_tests.optim_db import CONFIGS, OPTIM_DB, OptimConfig
 from python_tests.optim_helpers import make_batch, make_model, objectives, threads
 
 GAMMA, MU = 0.8, 0.2
@@ -62,37 +63,6 @@ RTOL, ATOL = 1e-5, 1e-6
 def one_thread():
     with threads(1):
         yield
-
-
-# ---- the optimizer configurations
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """One optimizer configuration: our class, torch's class and the keywords both are built with."""
-
-    name: str
-    mimo_cls: type[MIMOOptimizer]
-    torch_cls: type[torch.optim.Optimizer]
-    kwargs: dict = field(default_factory=dict)
-
-    def build(self, params, *, ours: bool) -> torch.optim.Optimizer:
-        if ours:
-            return self.mimo_cls(params, gamma=GAMMA, mu=MU, **self.kwargs)
-        return self.torch_cls(params, foreach=False, **self.kwargs)
-
-
-OPTIM_DB = [
-    OptimConfig("adamw-default", MIMOAdamW, torch.optim.AdamW),
-    OptimConfig("adamw-amsgrad-wd", MIMOAdamW, torch.optim.AdamW, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}),
-    OptimConfig("adamw-maximize", MIMOAdamW, torch.optim.AdamW, {"lr": 0.01, "maximize": True}),
-    OptimConfig("adamw-betas-eps", MIMOAdamW, torch.optim.AdamW, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6}),
-    OptimConfig("sgd-plain", MIMOSGD, torch.optim.SGD, {"lr": 0.1}),
-    OptimConfig("sgd-momentum-wd", MIMOSGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
-    OptimConfig("sgd-nesterov", MIMOSGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    OptimConfig("sgd-dampening", MIMOSGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.8, "dampening": 0.3}),
-]
-CONFIGS = {config.name: config for config in OPTIM_DB}
 
 
 # ---- one side of a comparison
@@ -120,7 +90,9 @@ class Side:
 
     def optimizer(self, params, *, ours: bool | None = None) -> torch.optim.Optimizer:
         """This side's optimizer (``ours`` overrides which class, for the checkpoint switches)."""
-        return self.config.build(params, ours=self.ours if ours is None else ours)
+        if self.ours if ours is None else ours:
+            return self.config.mimo(params, gamma=GAMMA, mu=MU)
+        return self.config.torch(params)
 
     def batch(self, step: int):
         return make_batch(step, device=self.device)

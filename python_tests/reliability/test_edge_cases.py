@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import mimo_ext
-from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from mimo_ext.optim import MIMOSGD
+from python_tests.optim_db import CONFIGS
 from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, threads, train_step
 from python_tests.references import blend_reference, smooth_max_reference
 
@@ -179,20 +180,15 @@ def test_blend_overflow_beyond_float32_range_is_inf(device, dtype):
 
 # ---- non-finite gradients and losses in the optimizers
 
-OPTIMIZERS = {
-    "sgd": lambda params: MIMOSGD(params, lr=0.1, momentum=0.9),
-    "adamw": lambda params: MIMOAdamW(params, lr=0.01, weight_decay=0.0),
-}
 
-
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_inf_gradient_without_a_scaler_is_applied_elementwise(name):
     """E3: without a grad scaler a non-finite gradient is applied as IEEE arithmetic (as torch.optim does): the
     elements it touches become non-finite, every other element is bit-identical to a run where they were 0."""
     results = []
     for poison in [INF, 0.0]:
         p = torch.nn.Parameter(torch.linspace(-1, 1, 9))
-        opt = OPTIMIZERS[name]([p])
+        opt = CONFIGS[name].mimo([p])
         g = torch.linspace(0.5, -0.5, 9)
         g[4] = poison
         (p * g).sum().backward()
@@ -206,13 +202,13 @@ def test_inf_gradient_without_a_scaler_is_applied_elementwise(name):
 
 @pytest.mark.parametrize("cause", ["inf-gradient", "nan-unimodal-loss", "inf-unimodal-loss"])
 @pytest.mark.parametrize("path", ["objectives", "single"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_grad_scaler_skips_a_non_finite_step_and_writes_nothing(name, path, cause):
     """E4: with a GradScaler, a non-finite gradient or a non-finite uni-modal loss (whose weights are NaN) on
     either path makes scaler.step skip the step: parameters, state and step counts are bit-identical, and the
     scale is halved."""
     model = make_model()
-    opt = OPTIMIZERS[name](model.parameters())
+    opt = CONFIGS[name].mimo(model.parameters())
     train_step(model, opt, 0, path)
     before = snapshot(opt)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)

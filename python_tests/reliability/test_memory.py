@@ -19,7 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import mimo_ext
-from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference
+from mimo_ext.optim import adamw_step_reference
+from python_tests.optim_db import OPTIMIZERS
 from python_tests.optim_helpers import threads
 
 STEPS = 10_000
@@ -28,11 +29,6 @@ WARMUP = 500
 # at 0.1 to 0.2 MiB on this machine). A leak of one small tensor per step (its Python object and storage, a few
 # hundred bytes) would add several MiB; one of a parameter-size buffer, 10,000 times the model (8 MiB here).
 RSS_SLACK = 2 * 2**20
-
-OPTIMIZERS = {
-    "sgd": lambda params: MIMOSGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, diagnostics=True),
-    "adamw": lambda params: MIMOAdamW(params, lr=1e-3, amsgrad=True, diagnostics=True),
-}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,7 +67,7 @@ def test_ten_thousand_steps_do_not_grow_memory(device, name):
     diagnostics on, so every code path of a step runs 5,000 times."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(device)
-    opt = OPTIMIZERS[name](model.parameters())
+    opt = OPTIMIZERS[name].mimo(model.parameters(), diagnostics=True)
     inputs = torch.randn(4, 8, device=device)
 
     def step(i):
@@ -140,7 +136,7 @@ N = 1 << 20  # 4 MiB of float32 parameters: any temporary of parameter size is u
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fused_step_allocates_no_parameter_size_temporary(device, name, path):
     p = torch.nn.Parameter(torch.randn(N, device=device))
-    opt = OPTIMIZERS[name]([p])
+    opt = OPTIMIZERS[name].mimo([p], diagnostics=True)
     for _ in range(2):  # the second step is measured: state and gradient buffers exist by then
         opt.zero_grad()
         if path == "objectives":
