@@ -4,8 +4,10 @@ names the exception type and a pattern that names the offending argument; every 
 and everything the World holds (op buffers, parameters, gradients, flat gradient buffers, optimizer state, param
 group hyperparameters, the pending per-objective losses) must be bit-identical after the rejected call.
 
-The op-level files (ops/test_blend.py, test_smooth_max.py, test_step_ops.py) test their own bad inputs per device;
-this table spans the whole API on the CPU, with the "nothing changed" check applied uniformly."""
+The ops' rows are the error inputs of python_tests/op_db.py (every op of the table, on its first float32 sample);
+the optimizers' and the balancing front end's are listed here. The op-level files (ops/test_blend.py,
+test_smooth_max.py, test_step_ops.py) test their own bad inputs per device; this table spans the whole API on the
+CPU, with the "nothing changed" check applied uniformly."""
 
 from __future__ import annotations
 
@@ -14,15 +16,13 @@ import math
 import pytest
 import torch
 
-import mimo_ext
-from mimo_ext import ops
 from mimo_ext.balance import compare
 from mimo_ext.balance.methods import make_method
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from python_tests.op_db import META, OP_DB
 from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, threads, train_step
 
-META = "meta"  # a device other than the CPU that needs no GPU
-N, K = 10, 2
+N = 10
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,25 +37,21 @@ class World:
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
-        self.base = torch.randn(N, generator=g)
-        self.grads = [torch.randn(N, generator=g) for _ in range(K)]
-        self.weights = torch.rand(K, generator=g)
-        self.losses = torch.rand(3, 4, generator=g)
-        # Fused step buffers (float32, K = 2), shared by sgd_step_ and adamw_step_.
         self.param = torch.randn(N, generator=g)
         self.momentum_buffer = torch.randn(N, generator=g)
-        self.exp_avg = torch.randn(N, generator=g)
-        self.exp_avg_sq = torch.rand(N, generator=g)
-        self.max_exp_avg_sq = torch.rand(N, generator=g) + 1
-        self.step_grads = [torch.randn(N, generator=g) for _ in range(K)]
-        self.coefficients = torch.tensor([1.0, 0.5])
-        self.lr = torch.tensor(0.01)
         self.step = torch.tensor(3.0)
+        self.losses = torch.rand(3, 4, generator=g)
+        self.watched: list[torch.Tensor] = []
         self.optimizers: list[tuple[torch.nn.Module, torch.optim.Optimizer]] = []
 
+    def watch(self, args: dict) -> dict:
+        """Adds the tensors of an op's arguments to what must be unchanged after the call."""
+        for value in args.values():
+            self.watched += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, torch.Tensor)]
+        return args
+
     def tensors(self) -> list[torch.Tensor]:
-        own = [self.base, *self.grads, self.weights, self.losses, self.param, self.momentum_buffer, self.exp_avg]
-        own += [self.exp_avg_sq, self.max_exp_avg_sq, *self.step_grads, self.coefficients, self.lr, self.step]
+        own = [self.param, self.momentum_buffer, self.step, self.losses, *self.watched]
         for model, opt in self.optimizers:
             own += snapshot(opt)  # parameters and every state tensor, step counts included
             own += [p.grad for p in model.parameters() if p.grad is not None]
@@ -94,30 +90,6 @@ class World:
     def losses_of(model, step):
         inputs, labels = make_batch(step)
         return objectives(model, inputs, labels)
-
-    def sgd(self, **changes):
-        """sgd_step_ arguments, some replaced by name."""
-        args = dict(
-            param=self.param, momentum_buffer=self.momentum_buffer, grads=self.step_grads,
-            coefficients=self.coefficients, lr=self.lr, step=self.step, grad_scale=None, found_inf=None,
-            weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, maximize=False, compute_stats=True,
-        )  # fmt: skip
-        args.update(changes)
-        return lambda: torch.ops.mimo_ext.sgd_step_.default(**args)
-
-    def adamw(self, **changes):
-        args = dict(
-            param=self.param, exp_avg=self.exp_avg, exp_avg_sq=self.exp_avg_sq, max_exp_avg_sq=self.max_exp_avg_sq,
-            grads=self.step_grads, coefficients=self.coefficients, lr=self.lr, step=self.step, grad_scale=None,
-            found_inf=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=True, maximize=False,
-            compute_stats=True,
-        )  # fmt: skip
-        args.update(changes)
-        return lambda: torch.ops.mimo_ext.adamw_step_.default(**args)
-
-
-def _strided(t):
-    return torch.stack([t, t], dim=1)[:, 0]
 
 
 def _set_group(opt, index, **values):
@@ -200,105 +172,22 @@ def _construct(cls, **kwargs):
 
 NAN, INF = math.nan, math.inf
 
+
+def _op_call(op, error):
+    """The bad call of one of op_db's error inputs, on the op's first float32 CPU sample (watched by the World)."""
+
+    def setup(world):
+        bad = error.change(world.watch(op.sample_inputs("cpu", torch.float32, N, 0)[0]))
+        return lambda: op.op(**bad)
+
+    return setup
+
+
 # (id, exception, pattern naming the argument, setup: World -> the bad call). setup may change the World first
-# (a hyperparameter set after construction, a parameter replaced); the snapshot is taken after it.
-CASES = [
-    # ---- smooth_max, smooth_max_backward
-    ("smooth_max-losses-int64", TypeError, "losses must be float32",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses.long(), 1.0)),
-    ("smooth_max-losses-0dim", ValueError, "losses must have at least 1 dimension",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses[0, 0], 1.0)),
-    ("smooth_max-losses-M0", ValueError, "losses must have M >= 1",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses[:, :0], 1.0)),
-    ("smooth_max-mu-nan", ValueError, "mu must be finite and > 0",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses, NAN)),
-    ("smooth_max-mu-zero", ValueError, "mu must be finite and > 0",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses, 0.0)),
-    ("smooth_max-mu-tensor", TypeError, "mu must be a Python float",
-     lambda w: lambda: mimo_ext.smooth_max(w.losses, torch.tensor(1.0))),
-    ("smooth_max_backward-grad_value-shape", ValueError, "grad_value must have the shape of weights",
-     lambda w: lambda: ops.smooth_max_backward(w.losses[0], w.losses)),
-    # ---- blend, blend_
-    ("blend-base-int", TypeError, "base must be float32",
-     lambda w: lambda: mimo_ext.blend(w.base.int(), [g.int() for g in w.grads], w.weights, 1.0)),
-    ("blend-base-2d", ValueError, "base must be a 1-D buffer",
-     lambda w: lambda: mimo_ext.blend(w.base.view(2, 5), w.grads, w.weights, 1.0)),
-    ("blend-base-non-contiguous", ValueError, "base must be contiguous",
-     lambda w: lambda: mimo_ext.blend(_strided(w.base), w.grads, w.weights, 1.0)),
-    ("blend-grads-meta-device", ValueError, r"grads\[1\] must be on the device of base",
-     lambda w: lambda: mimo_ext.blend(w.base, [w.grads[0], w.grads[1].to(META)], w.weights, 1.0)),
-    ("blend-weights-meta-device", ValueError, "weights must be on the device of base",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights.to(META), 1.0)),
-    ("blend-grads-length", ValueError, r"grads\[1\] must have the length of base \(10\), got 9",
-     lambda w: lambda: mimo_ext.blend(w.base, [w.grads[0], w.grads[1][:9]], w.weights, 1.0)),
-    ("blend-grads-dtype", TypeError, r"grads\[0\] must have the dtype of base",
-     lambda w: lambda: mimo_ext.blend(w.base, [w.grads[0].double(), w.grads[1]], w.weights, 1.0)),
-    ("blend-grads-non-contiguous", ValueError, r"grads\[1\] must be contiguous",
-     lambda w: lambda: mimo_ext.blend(w.base, [w.grads[0], _strided(w.grads[1])], w.weights, 1.0)),
-    ("blend-grads-empty", ValueError, "grads must hold at least one buffer",
-     lambda w: lambda: mimo_ext.blend(w.base, [], w.weights[:0], 1.0)),
-    ("blend-grads-a-tensor", TypeError, "grads must be a sequence of tensors",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads[0], w.weights, 1.0)),
-    ("blend-grads-item-float", TypeError, r"grads\[1\] must be a tensor",
-     lambda w: lambda: mimo_ext.blend(w.base, [w.grads[0], 1.0], w.weights, 1.0)),
-    ("blend-weights-count", ValueError, r"weights must be 1-D with one entry per grads buffer \(2\)",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights[:1], 1.0)),
-    ("blend-weights-int", TypeError, "weights must be a floating-point tensor",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights.long(), 1.0)),
-    ("blend-gamma-nan", ValueError, "gamma must be finite",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights, NAN)),
-    ("blend_-gamma-inf", ValueError, "gamma must be finite",
-     lambda w: lambda: mimo_ext.blend_(w.base, w.grads, w.weights, INF)),
-    ("blend-gamma-tensor", TypeError, "gamma must be a Python float",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights, torch.tensor(1.0))),
-    ("blend_-grads-partially-overlap-base", ValueError, r"grads\[0\] partially overlaps base",
-     lambda w: lambda: mimo_ext.blend_(w.base[:8], [w.base[1:9], w.grads[1][:8]], w.weights, 1.0)),
-    ("blend-base-requires-grad", ValueError, "base requires grad",
-     lambda w: lambda: mimo_ext.blend(w.base.requires_grad_(), w.grads, w.weights, 1.0)),
-    ("blend-weights-requires-grad", ValueError, "weights requires grad",
-     lambda w: lambda: mimo_ext.blend(w.base, w.grads, w.weights.requires_grad_(), 1.0)),
-    ("blend_-leaf-requires-grad", ValueError, "base requires grad",
-     lambda w: lambda: mimo_ext.blend_(w.base.requires_grad_(), w.grads, w.weights, 1.0)),
-    # ---- the fused step operators
-    ("sgd_step_-param-requires-grad", ValueError, "param requires grad",
-     lambda w: w.sgd(param=w.param.requires_grad_())),
-    ("adamw_step_-exp_avg-requires-grad", ValueError, "exp_avg requires grad",
-     lambda w: w.adamw(exp_avg=w.exp_avg.requires_grad_())),
-    ("sgd_step_-momentum_buffer-non-contiguous", ValueError, "momentum_buffer must be contiguous",
-     lambda w: w.sgd(momentum_buffer=_strided(w.momentum_buffer))),
-    ("adamw_step_-exp_avg-aliases-param", ValueError, "exp_avg overlaps param",
-     lambda w: w.adamw(exp_avg=w.param)),
-    ("adamw_step_-grads-overlap-exp_avg_sq", ValueError, r"grads\[1\] overlaps exp_avg_sq",
-     lambda w: w.adamw(grads=[w.step_grads[0], w.exp_avg_sq])),
-    ("sgd_step_-grads-view-of-param", ValueError, r"grads\[0\] overlaps param",
-     lambda w: w.sgd(grads=[w.param[:N], w.step_grads[1]])),
-    ("sgd_step_-lr-meta-device", ValueError, "lr must be on the device of param",
-     lambda w: w.sgd(lr=w.lr.to(META))),
-    ("adamw_step_-step-float64", TypeError, "step must be a float32 tensor",
-     lambda w: w.adamw(step=w.step.double())),
-    ("sgd_step_-17-grads", ValueError, "grads may hold at most 16 buffers",
-     lambda w: w.sgd(grads=[w.step_grads[0]] * 17, coefficients=torch.ones(17))),
-    ("adamw_step_-coefficients-count", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
-     lambda w: w.adamw(coefficients=w.coefficients[:1])),
-    ("adamw_step_-beta1-nan", ValueError, r"beta1 must be in \[0, 1\)",
-     lambda w: w.adamw(beta1=NAN)),
-    ("adamw_step_-eps-inf", ValueError, "eps must be finite and >= 0",
-     lambda w: w.adamw(eps=INF)),
-    ("sgd_step_-weight_decay-nan", ValueError, "weight_decay must be finite and >= 0",
-     lambda w: w.sgd(weight_decay=NAN)),
-    ("sgd_step_-dampening-inf", ValueError, "dampening must be finite",
-     lambda w: w.sgd(dampening=INF)),
-    # ---- mimo_loss
-    ("mimo_loss-gamma-nan", ValueError, "gamma must be finite and >= 0",
-     lambda w: lambda: mimo_ext.mimo_loss(w.losses[0, 0], list(w.losses[0]), gamma=NAN)),
-    ("mimo_loss-mu-negative", ValueError, "mu must be finite and > 0",
-     lambda w: lambda: mimo_ext.mimo_loss(w.losses[0, 0], list(w.losses[0]), mu=-1.0)),
-    ("mimo_loss-f0-vector", ValueError, r"f0 must be a scalar \(0-dim\) tensor",
-     lambda w: lambda: mimo_ext.mimo_loss(w.losses[0], list(w.losses[0]))),
-    ("mimo_loss-uni_losses-empty", ValueError, "uni_losses must be a non-empty sequence",
-     lambda w: lambda: mimo_ext.mimo_loss(w.losses[0, 0], [])),
-    ("mimo_loss-uni_losses-2d", ValueError, "uni_losses must be a non-empty 1-D tensor",
-     lambda w: lambda: mimo_ext.mimo_loss(w.losses[0, 0], w.losses)),
+# (a hyperparameter set after construction, a parameter replaced); the snapshot is taken after it. The ops' rows
+# come from op_db (each op's error inputs); the rest of the API's are listed here.
+OP_CASES = [(f"{op.name}-{e.id}", e.error, e.pattern, _op_call(op, e)) for op in OP_DB for e in op.error_inputs]
+CASES = OP_CASES + [
     # ---- optimizers: construction
     ("MIMOSGD-int-parameters", TypeError, "parameters must be floating point",
      lambda w: lambda: MIMOSGD([w.step.long()])),
@@ -369,6 +258,10 @@ CASES = [
 def test_the_matrix_is_large_and_its_ids_unique():
     ids = [case[0] for case in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 30
+
+
+def test_every_op_of_the_table_has_bad_inputs():
+    assert all(op.error_inputs for op in OP_DB), [op.name for op in OP_DB if not op.error_inputs]
 
 
 @pytest.mark.parametrize("error, pattern, setup", [pytest.param(*case[1:], id=case[0]) for case in CASES])
