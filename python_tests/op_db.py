@@ -68,8 +68,9 @@ class OpInfo:
 
 
 def _draw(generator, shape, dtype, device, scale=1.0):
-    """float64 normal values rounded to ``dtype`` (the reference sees exactly what the kernel sees)."""
-    return (scale * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype).to(device)
+    """float64 normal values rounded to ``dtype`` (the reference sees exactly what the kernel sees), drawn on the
+    device by the sample's generator (so that large samples are quick to make on a GPU)."""
+    return (scale * torch.randn(shape, generator=generator, dtype=torch.float64, device=device)).to(dtype)
 
 
 def _strided(t):
@@ -85,7 +86,7 @@ def _with(args: dict, **changes) -> dict:
 
 def _smooth_max_samples(device, dtype, n, seed):
     # Short rows (M = 5: many rows a thread or a block) and long ones (M = 1000: a CUDA warp per row).
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     return [
         dict(losses=_draw(g, (max(1, n // 5), 5), dtype, device), mu=0.3),
         dict(losses=_draw(g, (max(1, n // 1000), 1000), dtype, device, scale=3.0), mu=1.5),
@@ -116,9 +117,9 @@ SMOOTH_MAX_ERRORS = (
 
 
 def _smooth_max_backward_samples(device, dtype, n, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     rows = max(1, n // 5)
-    weights = torch.softmax(torch.randn(rows, 5, generator=g, dtype=torch.float64), -1).to(dtype).to(device)
+    weights = torch.softmax(torch.randn(rows, 5, generator=g, dtype=torch.float64, device=device), -1).to(dtype)
     return [dict(grad_value=_draw(g, (rows,), dtype, device), weights=weights)]
 
 
@@ -137,19 +138,19 @@ SMOOTH_MAX_BACKWARD_ERRORS = (
 
 def _blend_samples(device, dtype, n, seed):
     # K = 3 (one pass) and K = 33 (the partial sums of K > 16).
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     out = []
     for k in (3, 33):
         base = _draw(g, (n,), dtype, device)
         grads = [_draw(g, (n,), dtype, device) for _ in range(k)]
-        weights = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64), 0).float().to(device)
+        weights = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64, device=device), 0).float()
         out.append(dict(base=base, grads=grads, weights=weights, gamma=0.9))
     return out
 
 
 def _blend_in_place_samples(device, dtype, n, seed):
     # Also with base itself among the grads (read and written by the same pass).
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
     base = _draw(g, (n,), dtype, device)
     with_base = dict(
         base=base, grads=[base, _draw(g, (n,), dtype, device)], weights=torch.tensor([0.5, 2.0]).to(device), gamma=1.1
@@ -280,7 +281,7 @@ def _step_samples(algorithm):
     def samples(device, dtype, n, seed):
         # Plain (K = 2, no scaling) and with every option in use (K = 3, grad_scale, found_inf = 0, weight decay,
         # SGD's dampening and maximize, AdamW's amsgrad).
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=device).manual_seed(seed)
         out = []
         for k, scaled in ((2, False), (3, True)):
             scale = 1024.0 if scaled else 1.0
@@ -289,10 +290,10 @@ def _step_samples(algorithm):
                 args["momentum_buffer"] = _draw(g, (n,), dtype, device)
             else:
                 args["exp_avg"] = _draw(g, (n,), dtype, device, scale=0.1)
-                exp_avg_sq = torch.rand(n, generator=g, dtype=torch.float64)
+                exp_avg_sq = torch.rand(n, generator=g, dtype=torch.float64, device=device)
                 args["exp_avg_sq"] = exp_avg_sq.to(dtype).to(device)
                 args["max_exp_avg_sq"] = (1.5 * exp_avg_sq).to(dtype).to(device)
-            coefficients = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
+            coefficients = torch.rand(k, generator=g, dtype=torch.float64, device=device) + 0.1
             coefficients[0] = 1.0
             args |= dict(
                 grads=[_draw(g, (n,), dtype, device, scale=scale) for _ in range(k)],
@@ -425,7 +426,7 @@ def _step_errors(algorithm):
 
 
 def _mimo_loss_samples(device, dtype, n, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     return [
         dict(f0=_draw(g, (), dtype, device), uni_losses=_draw(g, (m,), dtype, device).abs(), gamma=gamma, mu=mu)
         for m, gamma, mu in ((3, 1.0, 0.1), (max(2, min(n, 1000)), 0.7, 2.0))

@@ -1,10 +1,10 @@
-"""Determinism: every op and both optimizer steps, statistics and diagnostics included, give
-bit-identical outputs run after run on the same device (CPU and CUDA), across CPU thread counts (1, 2 and 3: an
-uneven split of the chunks), and in a fresh process. On the CPU the buffers are longer than three CPU chunks (16384
-elements each) so that the parallel loops and the per-chunk sums of the step statistics really split the work; on
-CUDA they are longer than one pass of the grid-stride loops (at most one wave of #SMs x 2048 threads, 16 bytes each
-per pass: about 1.1M floats on a 132-SM GPU), so that every thread loops and the per-block partial statistics are
-summed over many blocks."""
+"""Determinism: every op of op_db in every dtype (each of its samples, the step ops' statistics included) and every
+optimizer configuration of optim_db on both paths (diagnostics included) give bit-identical outputs run after run on
+the same device (CPU and CUDA), across CPU thread counts (1, 2 and 3: an uneven split of the chunks), and in a fresh
+process. On the CPU the buffers are longer than three CPU chunks (16384 elements each) so that the parallel loops
+and the per-chunk sums of the step statistics really split the work; on CUDA they are longer than one pass of the
+grid-stride loops (at most one wave of #SMs x 2048 threads, 16 bytes each per pass: about 1.1M floats on a 132-SM
+GPU), so that every thread loops and the per-block partial statistics are summed over many blocks."""
 
 from __future__ import annotations
 
@@ -20,74 +20,44 @@ import pytest
 import torch
 
 import mimo_ext
-from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from python_tests.op_db import OP_DB
+from python_tests.optim_db import OPTIM_DB
 from python_tests.optim_helpers import bits, linear_objective, threads
 
-N = 3 * 16384 + 7  # four chunks of the CPU step kernel and of the blend's parallel grain
+N = (1 << 17) + 7  # eight chunks of the CPU kernels' parallel grain; smooth_max's rows over four of its chunks
 N_CUDA = (1 << 22) + 7  # several passes of the CUDA grid-stride loops, with a tail
 THREAD_COUNTS = [1, 2, 3]
+PATHS = ["objectives", "single"]
 
 
 def length(device) -> int:
     return N_CUDA if torch.device(device).type == "cuda" else N
 
 
-def _randn(*shape, seed, dtype=torch.float32, device="cpu"):
-    # Drawn on the device itself (its generator is as reproducible as the CPU's): the CUDA cases' buffers are large.
+def op_case(op, dtype):
+    """Every output and written argument of ``op`` on each of its samples of length(device) in ``dtype``."""
+
+    def run(device):
+        out = []
+        for args in op.sample_inputs(device, dtype, length(device), 1):
+            out += [t for t in op.outputs(args, op.op(**args)).values() if isinstance(t, torch.Tensor)]
+        return out
+
+    return run
+
+
+def _randn(*shape, seed, device):
+    # Drawn on the device itself (its generator is as reproducible as the CPU's).
     generator = torch.Generator(device=device).manual_seed(seed)
-    return torch.randn(*shape, generator=generator, dtype=torch.float64, device=device).to(dtype)
+    return torch.randn(*shape, generator=generator, device=device)
 
 
-def smooth_max_forward_backward(device, rows=40000, m=5):
-    # 40000 x 5: rows split across CPU threads (grain 32768 / M rows); 64 x 1000: a CUDA warp per row.
-    losses = _randn(rows, m, seed=1, device=device).requires_grad_()
-    value, weights = mimo_ext.smooth_max(losses, 0.3)
-    value.backward(_randn(rows, seed=2, device=device))
-    return [value, weights, losses.grad]
-
-
-def blend_out_of_place(device, dtype=torch.float32, k=3):
-    n = length(device)
-    base = _randn(n, seed=3, dtype=dtype, device=device)
-    grads = [_randn(n, seed=4 + j, dtype=dtype, device=device) for j in range(k)]
-    weights = _randn(k, seed=30, device=device)
-    return [mimo_ext.blend(base, grads, weights, 0.9)]
-
-
-def blend_in_place(device):
-    n = length(device)
-    base = _randn(n, seed=3, device=device)
-    grads = [base, _randn(n, seed=5, device=device)]  # base among the grads
-    return [mimo_ext.blend_(base, grads, torch.tensor([0.5, 2.0], device=device), 1.1)]
-
-
-def step_op(device, algorithm, dtype):
-    n = length(device)
-    param = _randn(n, seed=10, dtype=dtype, device=device)
-    state = [_randn(n, seed=11 + s, dtype=dtype, device=device).abs() for s in range(3)]
-    grads = [_randn(n, seed=20 + k, dtype=dtype, device=device) * 1024 for k in range(3)]
-    coefficients = torch.tensor([1.0, 0.3, 0.6], device=device)
-    lr, step = torch.tensor(0.01, device=device), torch.tensor(4.0, device=device)
-    scaling = dict(grad_scale=torch.tensor(1024.0, device=device), found_inf=torch.zeros(1, device=device))
-    if algorithm == "sgd":
-        stats = torch.ops.mimo_ext.sgd_step_(
-            param, state[0], grads, coefficients, lr, step, **scaling,
-            weight_decay=0.01, momentum=0.9, dampening=0.1, nesterov=False, maximize=True, compute_stats=True,
-        )  # fmt: skip
-    else:
-        stats = torch.ops.mimo_ext.adamw_step_(
-            param, *state, grads, coefficients, lr, step, **scaling,
-            beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=True, maximize=False, compute_stats=True,
-        )  # fmt: skip
-    return [stats, param, *state, step]
-
-
-def optimizer_steps(device, cls, path):
+def optimizer_steps(device, config, path):
     """Three steps on a 50,250-element bucket with diagnostics on; returns parameters, state and diagnostics."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(200, 250).to(device)
     params = list(layer.parameters())
-    opt = cls(params, lr=0.01, diagnostics=True)
+    opt = config.mimo(params, diagnostics=True)
     out = []
     for step in range(3):
         grads = [
@@ -110,19 +80,12 @@ def optimizer_steps(device, cls, path):
     return out
 
 
-CASES = {
-    "smooth_max+backward": smooth_max_forward_backward,
-    "smooth_max+backward-long-rows": lambda d: smooth_max_forward_backward(d, rows=64, m=1000),
-    "blend-float32": blend_out_of_place,
-    "blend-float16": lambda d: blend_out_of_place(d, torch.float16),
-    "blend-bfloat16-K=33": lambda d: blend_out_of_place(d, torch.bfloat16, k=33),
-    "blend_": blend_in_place,
-    "sgd_step_-float32": lambda d: step_op(d, "sgd", torch.float32),
-    "adamw_step_-float32": lambda d: step_op(d, "adamw", torch.float32),
-    "adamw_step_-bfloat16": lambda d: step_op(d, "adamw", torch.bfloat16),
-    "MIMOSGD-objectives": lambda d: optimizer_steps(d, MIMOSGD, "objectives"),
-    "MIMOAdamW-objectives": lambda d: optimizer_steps(d, MIMOAdamW, "objectives"),
-    "MIMOAdamW-single": lambda d: optimizer_steps(d, MIMOAdamW, "single"),
+# Every op of op_db in every dtype it supports, and every optimizer configuration of optim_db on both paths.
+CASES = {f"{op.name}-{str(dtype).removeprefix('torch.')}": op_case(op, dtype) for op in OP_DB for dtype in op.dtypes}
+CASES |= {
+    f"{config.name}-{path}": lambda d, config=config, path=path: optimizer_steps(d, config, path)
+    for config in OPTIM_DB
+    for path in PATHS
 }
 
 
