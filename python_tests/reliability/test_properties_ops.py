@@ -1,22 +1,24 @@
 """Property-based tests of the ops (hypothesis, profiles in hypothesis_profiles.py): smooth_max forward and backward,
 blend, blend_ and mimo_loss on random shapes, M, K, dtypes, mu, gamma and values spanning many orders of magnitude,
-each against the float64 reference of python_tests/reference.py on the very same (rounded) inputs, on every device
+each against the float64 reference of python_tests/references.py on the very same (rounded) inputs, on every device
 (conftest's `device` fixture: the inputs are drawn on the CPU and copied to the device, the references computed on
-the CPU copies).
+the CPU copies); and every op of python_tests/op_db.py on its samples at drawn odd lengths, dtypes and seeds.
 
 Tolerances (derivations beside each test) are per element: twice the error of rounding the float64 reference to the
 storage dtype, plus a count of roundings of the math type (float32, or float64 for float64) on the sum of the
-magnitudes that make up that element."""
+magnitudes that make up that element (references.reference_tolerance with elementwise=True)."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import mimo_ext
+from python_tests.op_db import OP_DB, run_and_check
 from python_tests.references import assert_within_tolerance, blend_reference, reference_tolerance, smooth_max_reference
 from python_tests.reliability import hypothesis_profiles  # noqa: F401  (loads the settings profile before the tests are decorated)
 from python_tests.reliability.property_data import DTYPES, dtypes, exponent_range, log_uniform, seeds, spread
@@ -172,3 +174,16 @@ def test_mimo_loss_value_and_gradient(device, case, as_tensor):
     )
     grad_tol = grad_tol + torch.finfo(dtype).eps * grad_ref.abs()
     assert_within_tolerance(f.grad, grad_ref, grad_tol, "d loss / d f")
+
+
+# ---- every op of the table
+
+
+@pytest.mark.parametrize("op", OP_DB, ids=lambda op: op.name)
+@given(data=st.data(), n=st.integers(0, 1500).map(lambda i: 2 * i + 1), seed=seeds)
+def test_every_op_of_the_table_matches_its_reference(device, op, data, n, seed):
+    # op_db's samples (odd lengths, drawn dtype and seed), each output within the one rule of its reference: an op
+    # added to the table is checked here without a property of its own.
+    dtype = data.draw(st.sampled_from(op.dtypes), label="dtype")
+    for args in op.sample_inputs(device, dtype, n, seed):
+        run_and_check(op, args)

@@ -1,12 +1,12 @@
 """Property-based tests of the fused optimizer steps (hypothesis, profiles in hypothesis_profiles.py): the ops
 sgd_step_ / adamw_step_ on random flat buffers, and MIMOSGD / MIMOAdamW over a few steps on random parameter shapes,
-M, dtypes and hyperparameters, each against mimo_ext.optim's plain-PyTorch reference steps, on every device
-(conftest's `device` fixture: inputs drawn on the CPU and copied to the device, references run on the CPU).
+M, dtypes and hyperparameters (drawn, or a configuration of python_tests/optim_db.py), each against mimo_ext.optim's
+plain-PyTorch reference steps, on every device (conftest's `device` fixture: inputs drawn on the CPU and copied to
+the device, references run on the CPU).
 
-The tolerance rule is optim_helpers.assert_within_reference_error (the one the optimizer tests use): the result
-must be within twice the error of the reference run in the same storage dtype (the oracle) from the reference run
-in float64 (the truth), plus twice the rounding of the truth to the storage dtype, plus a few roundings of the math
-type on the truth's magnitude."""
+The tolerance rule is python_tests/references.py's: the result must be within twice the error of the reference run
+in the same storage dtype (the oracle) from the reference run in float64 (the truth), plus twice the rounding of the
+truth to the storage dtype, plus a few roundings of the math type on the truth's magnitude."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_reference
+from python_tests.optim_db import OPTIM_DB
 from python_tests.optim_helpers import linear_objective, threads
-from python_tests.references import assert_within_reference_error, math_dtype, math_eps
+from python_tests.references import assert_within_reference_error, math_dtype, math_eps, smooth_max_reference
 from python_tests.reliability import hypothesis_profiles  # noqa: F401  (loads the settings profile before the tests are decorated)
 from python_tests.reliability.property_data import dtypes, exponent_range, log_uniform, seeds, spread
 
@@ -193,17 +194,29 @@ def test_step_op_matches_reference(device, algorithm, data):
 # ---- the optimizers, over a few steps
 
 
+# torch.optim's defaults of what an optim_db configuration may leave out (the lr is drawn).
+TORCH_DEFAULTS = {
+    "sgd": dict(weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=False),
+    "adamw": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False),
+}
+
+
 @st.composite
 def optimizer_runs(draw):
     dtype = draw(dtypes)
-    algorithm = draw(st.sampled_from(["sgd", "adamw"]))
+    # Half the runs take a configuration of optim_db (torch's defaults for what it leaves out), half draw every
+    # hyperparameter.
+    table = draw(st.none() | st.sampled_from(OPTIM_DB))
+    algorithm = table.algorithm if table is not None else draw(st.sampled_from(["sgd", "adamw"]))
     shapes = draw(st.lists(st.lists(st.integers(0, 5), max_size=3).map(tuple), min_size=1, max_size=4))
     config = dict(
         lr=draw(log_uniform(-4, -1)),
         gamma=draw(st.sampled_from([0.0, 1.0]) | log_uniform(-2, 1)),
         mu=draw(log_uniform(-3, 1)),
     )
-    if algorithm == "sgd":
+    if table is not None:
+        config.update(TORCH_DEFAULTS[algorithm], **table.kwargs)
+    elif algorithm == "sgd":
         config.update(draw(sgd_options()))
     else:
         options = draw(adamw_options())
@@ -283,7 +296,7 @@ def test_optimizer_matches_per_parameter_reference(device, run):
             # math type.
             weights = mimo_ext.smooth_max(losses.double().to(device), config["mu"])[1].cpu()
             library = torch.cat([torch.ones(1, dtype=acc), weights.to(acc) * config["gamma"]])
-            exact_weights = torch.softmax(losses.double() / config["mu"], 0)
+            exact_weights = smooth_max_reference(losses.double(), config["mu"])[1]
             exact = torch.cat([torch.ones(1, dtype=torch.float64), config["gamma"] * exact_weights])
         else:
             objectives[0].backward()
