@@ -6,33 +6,12 @@ import pytest
 import torch
 
 import mimo_ext
+from python_tests.ops.calls import check_blend, random_buffers
 from python_tests.references import FLOAT_DTYPES, assert_within_reference_error, blend_reference, smooth_max_reference
 
 # 0, below and around the vector widths (4 floats, 8 halves), odd, and large enough to split between threads.
 LENGTHS = [0, 1, 3, 7, 8, 9, 1023, 4097, (1 << 17) + 5]
 KS = [1, 2, 3, 5, 17]  # 17: more buffers than one CUDA launch takes
-
-
-def random_buffers(n, k, dtype, device, offset=0, seed=0):
-    """base and k grads of length n; offset > 0 makes them views that start `offset` elements into their storage
-    (so not 16-byte aligned)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def make():
-        full = torch.randn(n + offset, generator=generator, dtype=torch.float64).to(dtype).to(device)
-        return full[offset:]
-
-    base = make()
-    grads = [make() for _ in range(k)]
-    weights = torch.softmax(torch.randn(k, generator=generator, dtype=torch.float64), 0).float().to(device)
-    return base, grads, weights
-
-
-def check(out, base, grads, weights, gamma):
-    reference = blend_reference(base, grads, weights, gamma)
-    # Terms summed: base and K products of magnitude about |g| * |gamma * w_k|, each at most a few units.
-    scale = 5.0 * (1 + abs(gamma))
-    assert_within_reference_error(out, reference, scale=scale, terms=2 * len(grads) + 2)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -45,7 +24,7 @@ def test_out_of_place_matches_reference(device, dtype, n, k):
     assert out.dtype == dtype and out.device == base.device and out.shape == base.shape
     assert out.data_ptr() != base.data_ptr() or n == 0
     assert torch.equal(base, base_before)
-    check(out, base, grads, weights, 0.7)
+    check_blend(out, base, grads, weights, 0.7)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -56,7 +35,7 @@ def test_in_place_matches_reference(device, dtype, n, k):
     before = base.clone()
     result = mimo_ext.blend_(base, grads, weights, 1.3)
     assert result is base
-    check(base, before, grads, weights, 1.3)
+    check_blend(base, before, grads, weights, 1.3)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -65,10 +44,10 @@ def test_in_place_matches_reference(device, dtype, n, k):
 def test_unaligned_buffers(device, dtype, offset, n):
     base, grads, weights = random_buffers(n, 3, dtype, device, offset=offset)
     assert base.data_ptr() % 16 != 0
-    check(mimo_ext.blend(base, grads, weights, 0.5), base, grads, weights, 0.5)
+    check_blend(mimo_ext.blend(base, grads, weights, 0.5), base, grads, weights, 0.5)
     before = base.clone()
     mimo_ext.blend_(base, grads, weights, 0.5)
-    check(base, before, grads, weights, 0.5)
+    check_blend(base, before, grads, weights, 0.5)
 
 
 @pytest.mark.parametrize("k", [2, 17])
@@ -87,13 +66,13 @@ def test_in_place_with_base_among_grads(device, k):
 def test_weights_of_another_float_dtype(device, weight_dtype):
     base, grads, weights = random_buffers(100, 3, torch.float32, device)
     weights = weights.to(weight_dtype)
-    check(mimo_ext.blend(base, grads, weights, 1.0), base, grads, weights, 1.0)
+    check_blend(mimo_ext.blend(base, grads, weights, 1.0), base, grads, weights, 1.0)
 
 
 def test_non_contiguous_weights(device):
     base, grads, _ = random_buffers(50, 3, torch.float32, device)
     weights = torch.tensor([0.1, 9.0, 0.2, 9.0, 0.7, 9.0], device=device)[::2]
-    check(mimo_ext.blend(base, grads, weights, 1.0), base, grads, weights, 1.0)
+    check_blend(mimo_ext.blend(base, grads, weights, 1.0), base, grads, weights, 1.0)
 
 
 def test_deterministic(device):
@@ -235,9 +214,9 @@ def test_misaligned_and_mixed_alignment(device, dtype, pattern, in_place):
             before = base.clone()
             if in_place:
                 assert mimo_ext.blend_(base, grads, weights, 0.8) is base
-                check(base, before, grads, weights, 0.8)
+                check_blend(base, before, grads, weights, 0.8)
             else:
-                check(mimo_ext.blend(base, grads, weights, 0.8), base, grads, weights, 0.8)
+                check_blend(mimo_ext.blend(base, grads, weights, 0.8), base, grads, weights, 0.8)
                 assert torch.equal(base, before)
 
 
@@ -266,10 +245,10 @@ def test_beyond_one_grid_pass(device, in_place):
         before = base.clone()
         if in_place:
             mimo_ext.blend_(base, grads, weights, 1.1)
-            check(base, before, grads, weights, 1.1)
+            check_blend(base, before, grads, weights, 1.1)
         else:
             out = mimo_ext.blend(base, grads, weights, 1.1)
-            check(out, base, grads, weights, 1.1)
+            check_blend(out, base, grads, weights, 1.1)
             assert torch.equal(base, before)
 
 
@@ -287,9 +266,9 @@ def test_many_grads_in_half_types_match_reference(device, dtype, k, in_place, n)
     before = base.clone()
     if in_place:
         mimo_ext.blend_(base, grads, weights, 1.3)
-        check(base, before, grads, weights, 1.3)
+        check_blend(base, before, grads, weights, 1.3)
     else:
-        check(mimo_ext.blend(base, grads, weights, 1.3), base, grads, weights, 1.3)
+        check_blend(mimo_ext.blend(base, grads, weights, 1.3), base, grads, weights, 1.3)
 
 
 # Values whose float sum depends on the order of the terms, so that a kernel summing in another order (or rounding
@@ -477,8 +456,8 @@ def test_cuda_graph_capture_of_smooth_max_blend_and_blend_(cuda_device):
         assert_within_reference_error(captured[0], w3_ref, scale=1.0, terms=8 + 3)
         assert_within_reference_error(captured[1], w17_ref, scale=1.0, terms=8 + 17)
         before = inputs["base"]
-        check(captured[2], before, static["grads"][:3], captured[0], gamma)
-        check(captured[3], before, static["grads"], captured[1], gamma)
+        check_blend(captured[2], before, static["grads"][:3], captured[0], gamma)
+        check_blend(captured[3], before, static["grads"], captured[1], gamma)
 
 
 # ---- a CPU tensor mixed into a CUDA call

@@ -6,36 +6,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import mimo_ext
-
-
-class TinyLateFusion(nn.Module):
-    """Two encoders, a uni-modal head each, and a fusion head on the concatenated features."""
-
-    def __init__(self, dims=(5, 3), features=4, classes=3):
-        super().__init__()
-        self.encoders = nn.ModuleList(nn.Sequential(nn.Linear(d, features), nn.Tanh()) for d in dims)
-        self.heads = nn.ModuleList(nn.Linear(features, classes) for _ in dims)
-        self.fusion = nn.Linear(features * len(dims), classes)
-
-    def forward(self, inputs):
-        features = [encoder(x) for encoder, x in zip(self.encoders, inputs, strict=True)]
-        return self.fusion(torch.cat(features, dim=-1)), [head(f) for head, f in zip(self.heads, features, strict=True)]
-
-
-def batch(dtype, device, n=6, dims=(5, 3), seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(n, d, generator=generator, dtype=dtype).to(device) for d in dims]
-    labels = torch.randint(0, 3, (n,), generator=generator).to(device)
-    return inputs, labels
-
-
-def losses_of(model, inputs, labels):
-    fused, uni = model(inputs)
-    f0 = nn.functional.cross_entropy(fused, labels)
-    return f0, [nn.functional.cross_entropy(logits, labels) for logits in uni]
+from python_tests.ops.calls import TinyLateFusion, batch, losses_of
 
 
 @pytest.mark.parametrize("gamma, mu", [(1.0, 0.1), (0.5, 1.0), (2.0, 0.02)])

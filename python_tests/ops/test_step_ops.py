@@ -1,162 +1,41 @@
 """The fused step operators mimo_ext::sgd_step_ and mimo_ext::adamw_step_ against their plain-PyTorch references
-(mimo_ext.optim.sgd_step_reference / adamw_step_reference) on random flat buffers, opcheck, found_inf, and the
-errors of bad input (raised before anything is written)."""
+(mimo_ext.optim.sgd_step_reference / adamw_step_reference) on random flat buffers, opcheck, found_inf, which kernel
+runs on which device, misaligned buffers, buffers beyond one pass of the CUDA grid and CUDA graph capture."""
 
 from __future__ import annotations
 
 import inspect
-import re
 
 import pytest
 import torch
 
 import mimo_ext
 from mimo_ext.optim import adamw_step_reference, sgd_step_reference
+from python_tests.ops.calls import (
+    ADAMW_OPTIONS,
+    SCALING,
+    SGD_OPTIONS,
+    Call,
+    call_with,
+    check_step_against_reference,
+    op_and_reference,
+    split_arguments,
+    state_count,
+    stats_tolerance,
+    used_states,
+    with_offsets,
+)
 from python_tests.optim_helpers import assert_bit_identical, threads
 from python_tests.references import FLOAT_DTYPES, assert_within_reference_error, math_eps
 
 LENGTHS = [0, 1, 7, 1000]
 KS = [1, 2, 3, 4]
-# (grad_scale, found_inf): not given, given, found_inf 0 (step runs) or 1 (step skipped).
-SCALING = [(None, None), (1024.0, None), (None, 0.0), (1024.0, 0.0), (None, 1.0), (1024.0, 1.0)]
-
-# Option sets: the hyperparameters (keyword arguments), plus the step count the buffers are at. The betas are
-# float32 numbers (1 - 2^-k) so that these tests measure the kernels, not the rounding of the hyperparameters,
-# which test_adamw_beta2_close_to_one_in_float32 measures.
-SGD_OPTIONS = {
-    "momentum-dampening-wd-maximize": (
-        dict(weight_decay=0.01, momentum=0.9, dampening=0.1, nesterov=False, maximize=True),
-        3.0,
-    ),
-    "nesterov-first-step": (dict(weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=True, maximize=False), 0.0),
-    "no-momentum-wd": (dict(weight_decay=0.05, momentum=0.0, dampening=0.0, nesterov=False, maximize=False), 5.0),
-}
-ADAMW_OPTIONS = {
-    "wd-first-step": (
-        dict(beta1=0.875, beta2=0.9990234375, eps=1e-8, weight_decay=0.01, amsgrad=False, maximize=False),
-        0.0,
-    ),
-    "amsgrad-maximize": (dict(beta1=0.5, beta2=0.75, eps=1e-3, weight_decay=0.0, amsgrad=True, maximize=True), 4.0),
-}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     with threads(1):
         yield
-
-
-def op_and_reference(algorithm):
-    if algorithm == "sgd":
-        return torch.ops.mimo_ext.sgd_step_.default, sgd_step_reference
-    return torch.ops.mimo_ext.adamw_step_.default, adamw_step_reference
-
-
-def state_count(algorithm):
-    return 1 if algorithm == "sgd" else 3
-
-
-class Call:
-    """The arguments of one step call: buffers of length n in ``dtype``, K gradient buffers (scaled by grad_scale
-    when given), coefficients [1, positive...], lr, step and the options."""
-
-    def __init__(self, algorithm, options, step, n, k, dtype, device, grad_scale=None, found_inf=None, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-
-        def randn(scale=1.0):
-            return (scale * torch.randn(n, generator=generator, dtype=torch.float64)).to(dtype).to(device)
-
-        self.algorithm = algorithm
-        self.param = randn()
-        if algorithm == "sgd":
-            self.states = [randn()]
-        else:
-            exp_avg_sq = torch.rand(n, generator=generator, dtype=torch.float64)
-            self.states = [randn(0.1), exp_avg_sq.to(dtype).to(device), (1.5 * exp_avg_sq).to(dtype).to(device)]
-        scale = 1.0 if grad_scale is None else grad_scale
-        self.grads = [randn(scale) for _ in range(k)]
-        coefficients = torch.rand(k, generator=generator, dtype=torch.float64) + 0.1
-        coefficients[0] = 1.0
-        self.coefficients = coefficients.float().to(device)
-        lr_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self.lr = torch.tensor(0.05, dtype=lr_dtype, device=device)
-        self.step = torch.tensor(step, dtype=torch.float32, device=device)
-        self.grad_scale = None if grad_scale is None else torch.tensor(grad_scale, device=device)
-        self.found_inf = None if found_inf is None else torch.tensor([found_inf], device=device)
-        self.options = options
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Everything the call may write (param, states, step) and everything it reads."""
-        return [self.param, *self.states, self.step, *self.grads, self.coefficients, self.lr]
-
-    def clone(self, dtype=None, device=None) -> Call:
-        """A copy of every tensor, optionally on ``device``; with dtype=torch.float64 (the truth), the buffers,
-        coefficients and lr become float64 (step, grad_scale and found_inf keep their dtype)."""
-        other = Call.__new__(Call)
-        other.__dict__.update(self.__dict__)
-
-        def copy(t, convert=False):
-            if t is None:
-                return None
-            t = t.detach().clone().to(device or t.device)
-            return t.to(dtype) if convert and dtype is not None else t
-
-        other.param = copy(self.param, True)
-        other.states = [copy(s, True) for s in self.states]
-        other.grads = [copy(g, True) for g in self.grads]
-        other.coefficients = copy(self.coefficients, True)
-        other.lr = copy(self.lr, True)
-        other.step = copy(self.step)
-        other.grad_scale = copy(self.grad_scale)
-        other.found_inf = copy(self.found_inf)
-        return other
-
-    def arguments(self, compute_stats=True) -> dict:
-        """Every argument of the call by name, in the schema's order."""
-        if self.algorithm == "sgd":
-            states = {"momentum_buffer": self.states[0]}
-        else:
-            states = dict(zip(["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], self.states, strict=True))
-        return {
-            "param": self.param, **states, "grads": self.grads, "coefficients": self.coefficients, "lr": self.lr,
-            "step": self.step, "grad_scale": self.grad_scale, "found_inf": self.found_inf, **self.options,
-            "compute_stats": compute_stats,
-        }  # fmt: skip
-
-    def run(self, fn, compute_stats=True) -> torch.Tensor:
-        return call_with(fn, self.arguments(compute_stats))
-
-
-def split_arguments(arguments: dict) -> tuple[tuple, dict]:
-    """The schema's positional arguments (the tensors before grad_scale) and its keyword-only ones."""
-    names = list(arguments)
-    cut = names.index("grad_scale")
-    return tuple(arguments[name] for name in names[:cut]), {name: arguments[name] for name in names[cut:]}
-
-
-def call_with(fn, arguments: dict):
-    """Calls the op or its reference as the schema takes the arguments: tensors positionally, the rest by keyword."""
-    args, kwargs = split_arguments(arguments)
-    return fn(*args, **kwargs)
-
-
-def used_states(algorithm, options) -> list[int]:
-    """Indices of the state buffers the options use (the others must not be touched)."""
-    if algorithm == "sgd":
-        return [0] if options["momentum"] != 0 else []
-    return [0, 1, 2] if options["amsgrad"] else [0, 1]
-
-
-def stats_tolerance(call64: Call, n: int) -> torch.Tensor:
-    """A bound on the rounding error of each statistic computed in the math dtype: n + 2K + 4 roundings relative to
-    the sum of the magnitudes of the terms summed (recursive or blocked summation of n products)."""
-    g = [x.abs() for x in call64.grads]
-    c = call64.coefficients.abs()
-    inv = 1.0 if call64.grad_scale is None else 1.0 / call64.grad_scale.item()
-    squares = [(x * x).sum() * inv * inv for x in g]
-    dots = [(g[0] * x).sum() * inv * inv for x in g[1:]]
-    blended = sum(ck * x for ck, x in zip(c, g, strict=True)) * inv
-    return torch.stack([*squares, *dots, (blended * blended).sum()]) * (n + 2 * len(g) + 4)
 
 
 @pytest.mark.parametrize("scaling", SCALING, ids=lambda s: f"scale={s[0]}-found_inf={s[1]}")
@@ -367,146 +246,7 @@ def test_compiled_kernels_on_cpu_and_cuda_the_reference_on_other_devices(algorit
     assert stats.device.type == "meta" and stats.shape == (6,)
 
 
-# ---- bad input: a specific error, and nothing written
-
-OTHER_DEVICE = "meta"  # a device unlike the test's, that needs no GPU
-
-
-def _sgd(c: Call, **changes) -> dict:
-    """sgd_step_ arguments of ``c`` (by name) with some replaced."""
-    assert c.algorithm == "sgd" and set(changes) <= set(c.arguments())
-    return {**c.arguments(), **changes}
-
-
-def _adamw(c: Call, **changes) -> dict:
-    assert c.algorithm == "adamw" and set(changes) <= set(c.arguments())
-    return {**c.arguments(), **changes}
-
-
-def _strided(t):
-    return torch.stack([t, t], dim=1)[:, 0]
-
-
-# (id, algorithm, error type, message fragment, builder of the bad arguments from a fresh Call with n=10, K=2).
-BAD_INPUTS = [
-    ("coefficients-count", "sgd", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
-     lambda c: _sgd(c, coefficients=c.coefficients[:1])),
-    ("coefficients-count", "adamw", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
-     lambda c: _adamw(c, coefficients=torch.ones(3, device=c.param.device))),
-    ("grads-length", "sgd", ValueError, r"grads\[1\] must have the length of param \(10\), got 9",
-     lambda c: _sgd(c, grads=[c.grads[0], c.grads[1][:9]])),
-    ("grads-length", "adamw", ValueError, r"grads\[0\] must have the length of param \(10\), got 11",
-     lambda c: _adamw(c, grads=[torch.zeros(11, device=c.param.device), c.grads[1]])),
-    ("grads-dtype", "sgd", TypeError, r"grads\[1\] must have the dtype of param",
-     lambda c: _sgd(c, grads=[c.grads[0], c.grads[1].double()])),
-    ("grads-dtype", "adamw", TypeError, r"grads\[0\] must have the dtype of param",
-     lambda c: _adamw(c, grads=[c.grads[0].half(), c.grads[1]])),
-    ("grads-strided", "sgd", ValueError, r"grads\[1\] must be contiguous",
-     lambda c: _sgd(c, grads=[c.grads[0], _strided(c.grads[1])])),
-    ("grads-strided", "adamw", ValueError, r"grads\[0\] must be contiguous",
-     lambda c: _adamw(c, grads=[_strided(c.grads[0]), c.grads[1]])),
-    ("grads-17", "sgd", ValueError, "grads may hold at most 16 buffers",
-     lambda c: _sgd(c, grads=[c.grads[0]] * 17, coefficients=torch.ones(17, device=c.param.device))),
-    ("grads-17", "adamw", ValueError, "grads may hold at most 16 buffers",
-     lambda c: _adamw(c, grads=[c.grads[0]] * 17, coefficients=torch.ones(17, device=c.param.device))),
-    ("grads-empty", "sgd", ValueError, "grads must hold at least one buffer",
-     lambda c: _sgd(c, grads=[], coefficients=c.coefficients[:0])),
-    ("grads-overlap-param", "sgd", ValueError, r"grads\[0\] overlaps param",
-     lambda c: _sgd(c, grads=[c.param, c.grads[1]])),
-    ("grads-overlap-state", "adamw", ValueError, r"grads\[1\] overlaps exp_avg_sq",
-     lambda c: _adamw(c, grads=[c.grads[0], c.states[1]])),
-    ("param-strided", "sgd", ValueError, "param must be contiguous",
-     lambda c: _sgd(c, param=_strided(c.param))),
-    ("param-2d", "adamw", ValueError, "param must be a 1-D buffer",
-     lambda c: _adamw(c, param=c.param.view(2, 5))),
-    ("param-int", "sgd", TypeError, "param must be float32, float64, float16 or bfloat16",
-     lambda c: _sgd(c, param=c.param.int())),
-    ("momentum-length", "sgd", ValueError, r"momentum_buffer must have the length of param \(10\), got 9",
-     lambda c: _sgd(c, momentum_buffer=c.states[0][:9])),
-    ("momentum-strided", "sgd", ValueError, "momentum_buffer must be contiguous",
-     lambda c: _sgd(c, momentum_buffer=_strided(c.states[0]))),
-    ("exp_avg-dtype", "adamw", TypeError, "exp_avg must have the dtype of param",
-     lambda c: _adamw(c, exp_avg=c.states[0].double())),
-    ("max_exp_avg_sq-length", "adamw", ValueError, "max_exp_avg_sq must have the length of param",
-     lambda c: _adamw(c, max_exp_avg_sq=c.states[2][:3])),
-    ("state-overlap", "adamw", ValueError, "exp_avg_sq overlaps exp_avg",
-     lambda c: _adamw(c, exp_avg_sq=c.states[0])),
-    ("lr-shape", "sgd", ValueError, "lr must hold a single value",
-     lambda c: _sgd(c, lr=torch.ones(2, device=c.param.device))),
-    ("lr-int", "adamw", TypeError, "lr must be a floating-point tensor",
-     lambda c: _adamw(c, lr=torch.ones((), dtype=torch.int64, device=c.param.device))),
-    ("step-dtype", "adamw", TypeError, "step must be a float32 tensor",
-     lambda c: _adamw(c, step=c.step.double())),
-    ("grad_scale-shape", "sgd", ValueError, "grad_scale must hold a single value",
-     lambda c: _sgd(c, grad_scale=torch.ones(2, device=c.param.device))),
-    ("found_inf-shape", "adamw", ValueError, "found_inf must hold a single value",
-     lambda c: _adamw(c, found_inf=torch.zeros(3, device=c.param.device))),
-    ("nesterov-no-momentum", "sgd", ValueError, "nesterov requires momentum > 0 and dampening == 0",
-     lambda c: _sgd(c, momentum=0.0, nesterov=True)),
-    ("nesterov-dampening", "sgd", ValueError, "nesterov requires momentum > 0 and dampening == 0",
-     lambda c: _sgd(c, dampening=0.5, nesterov=True)),
-    ("weight_decay-negative", "sgd", ValueError, "weight_decay must be finite and >= 0",
-     lambda c: _sgd(c, weight_decay=-0.1)),
-    ("momentum-nan", "sgd", ValueError, "momentum must be finite and >= 0",
-     lambda c: _sgd(c, momentum=float("nan"))),
-    ("beta1-one", "adamw", ValueError, r"beta1 must be in \[0, 1\)", lambda c: _adamw(c, beta1=1.0)),
-    ("beta2-negative", "adamw", ValueError, r"beta2 must be in \[0, 1\)", lambda c: _adamw(c, beta2=-0.5)),
-    ("eps-nan", "adamw", ValueError, "eps must be finite and >= 0", lambda c: _adamw(c, eps=float("nan"))),
-]  # fmt: skip
-
-
-def _fresh_call(algorithm, device):
-    hyper = (
-        SGD_OPTIONS["momentum-dampening-wd-maximize"][0]
-        if algorithm == "sgd"
-        else dict(beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, amsgrad=True, maximize=False)
-    )
-    return Call(algorithm, hyper, 2.0, 10, 2, torch.float32, device, 8.0, 0.0)
-
-
-@pytest.mark.parametrize(
-    "algorithm, error, match, build", [pytest.param(*case[1:], id=f"{case[1]}-{case[0]}") for case in BAD_INPUTS]
-)
-def test_bad_input_is_rejected_before_any_write(device, algorithm, error, match, build):
-    call = _fresh_call(algorithm, device)
-    op, _ = op_and_reference(algorithm)
-    args = build(call)
-    before = [t.clone() for t in call.tensors()]
-    with pytest.raises(error, match=match):
-        call_with(op, args)
-    assert_bit_identical(before, call.tensors())
-
-
-@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
-@pytest.mark.parametrize("name", ["coefficients", "lr", "step", "grads"])
-def test_tensor_on_another_device_is_rejected(device, algorithm, name):
-    call = _fresh_call(algorithm, device)
-    op, _ = op_and_reference(algorithm)
-    build = _sgd if algorithm == "sgd" else _adamw
-    moved = [g.to(OTHER_DEVICE) for g in call.grads] if name == "grads" else getattr(call, name).to(OTHER_DEVICE)
-    before = [t.clone() for t in call.tensors()]
-    with pytest.raises(ValueError, match="must be on the device of param"):
-        call_with(op, build(call, **{name: moved}))
-    assert_bit_identical(before, call.tensors())
-
-
 # ---- alignment: buffers that start 1..3 elements into their storage take the element-wise path
-
-
-def realigned(t: torch.Tensor, offset: int) -> torch.Tensor:
-    """A copy of the 1-D ``t`` in a view starting ``offset`` elements into a fresh (16-byte aligned) buffer."""
-    storage = torch.empty(t.numel() + offset + 3, dtype=t.dtype, device=t.device)
-    view = storage[offset : offset + t.numel()]
-    view.copy_(t)
-    return view
-
-
-def with_offsets(call: Call, param: int, states: list[int], grads: list[int]) -> Call:
-    """``call`` with param, each state and each gradient buffer moved to views at these element offsets."""
-    call.param = realigned(call.param, param)
-    call.states = [realigned(s, o) for s, o in zip(call.states, states, strict=True)]
-    call.grads = [realigned(g, o) for g, o in zip(call.grads, grads, strict=True)]
-    return call
 
 
 # Element offsets of (param, states, grads), K = 3, per pattern, for an offset o in 1..3.
@@ -517,26 +257,6 @@ STEP_ALIGNMENT_PATTERNS = {
     "last-state": lambda o, s: (0, [0] * (s - 1) + [o], [0, 0, 0]),
     "mixed": lambda o, s: (0, [(o + j) % 4 for j in range(s)], [o, 0, (o % 3) + 1]),
 }
-
-
-def check_step_against_reference(call: Call, op, reference, algorithm, hyper, step, n):
-    """Runs ``call`` through ``op`` and its clones through the reference (in the storage dtype and in float64), and
-    compares parameter, used states, step count and statistics (the rules of test_op_matches_reference)."""
-    k = len(call.grads)
-    grads_before = [g.clone() for g in call.grads]
-    ref, truth = call.clone(device="cpu"), call.clone(dtype=torch.float64, device="cpu")
-    stats = call.run(op)
-    ref.run(reference)
-    truth_stats = truth.run(reference)
-    acc = torch.float64 if call.param.dtype == torch.float64 else torch.float32
-    assert stats.dtype == acc and stats.shape == (2 * k,) and stats.device == call.param.device
-    assert call.step.item() == step + 1
-    assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
-    assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
-    for s in used_states(algorithm, hyper):
-        assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"state {s}")
-    tolerance = stats_tolerance(truth, n) * math_eps(call.param.dtype)
-    assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all(), (stats, truth_stats, tolerance)
 
 
 STEP_CASES = [
@@ -660,50 +380,3 @@ def test_cuda_graph_capture_of_the_step_op(cuda_device, algorithm, options):
         tolerance = stats_tolerance(truth, n) * math_eps(torch.float32)
         assert ((captured_stats.cpu().double() - truth_stats).abs() <= tolerance).all(), what
     assert static.step.item() == step + steps_taken == step + 4
-
-
-# ---- a CPU tensor mixed into a CUDA call
-
-
-def _cuda_call_with_cpu(algorithm, name):
-    """A fresh CUDA call of ``algorithm`` (K = 2, grad_scale and found_inf given) with the tensor argument ``name``
-    moved to the CPU, as (call, arguments)."""
-    call = _fresh_call(algorithm, "cuda")
-    build = _sgd if algorithm == "sgd" else _adamw
-    if name.startswith("grads["):
-        k = int(name[6])
-        grads = list(call.grads)
-        grads[k] = grads[k].cpu()
-        return call, build(call, grads=grads)
-    state_names = ["momentum_buffer"] if algorithm == "sgd" else ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
-    if name in state_names:
-        return call, build(call, **{name: call.states[state_names.index(name)].cpu()})
-    return call, build(call, **{name: getattr(call, name).cpu()})
-
-
-CPU_MIXED = [
-    (algorithm, name)
-    for algorithm, names in [
-        ("sgd", ["param", "momentum_buffer"]),
-        ("adamw", ["param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
-    ]
-    for name in [*names, "grads[0]", "grads[1]", "coefficients", "lr", "step", "grad_scale", "found_inf"]
-]
-
-
-@pytest.mark.parametrize("algorithm, name", CPU_MIXED, ids=[f"{a}-{n}" for a, n in CPU_MIXED])
-def test_cpu_tensor_in_a_cuda_call_is_rejected(cuda_device, algorithm, name):
-    # Everything a step reads is read by the kernel on the device (lr, step, coefficients, found_inf included: no
-    # host synchronisation), so a CPU tensor among CUDA ones, even a 0-dim one, must be refused by name before
-    # anything is written. A CPU param makes every other tensor the misplaced one: the first is named.
-    call, args = _cuda_call_with_cpu(algorithm, name)
-    op, _ = op_and_reference(algorithm)
-    if name == "param":
-        first = "momentum_buffer" if algorithm == "sgd" else "exp_avg"
-        match = rf"{first} must be on the device of param \(cpu\), got cuda:0"
-    else:
-        match = rf"{re.escape(name)} must be on the device of param \(cuda:0\), got cpu"
-    before = [t.clone() for t in call.tensors()]
-    with pytest.raises(ValueError, match=match):
-        call_with(op, args)
-    assert_bit_identical(before, call.tensors())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mimo_ext
-from python_tests.ops.test_mimo_loss import TinyLateFusion, batch, losses_of
+from python_tests.ops.calls import TinyLateFusion, batch, losses_of
 
 
 def loss_fn(model, inputs, labels):

@@ -20,14 +20,14 @@ import torch
 
 import mimo_ext
 from mimo_ext.optim import adamw_step_reference
-from python_tests.ops.test_blend import check as check_blend
-from python_tests.ops.test_blend import random_buffers
-from python_tests.ops.test_step_ops import (
+from python_tests.ops.calls import (
     ADAMW_OPTIONS,
     SGD_OPTIONS,
     Call,
+    check_blend,
     check_step_against_reference,
     op_and_reference,
+    random_buffers,
     with_offsets,
 )
 from python_tests.references import HALF_DTYPES, assert_within_reference_error, blend_reference
