@@ -65,6 +65,12 @@ def smooth_max_reference(
     return value, weights
 
 
+def smooth_max_weights(losses: torch.Tensor, mu: float) -> torch.Tensor:
+    """The MIMO weights softmax(losses / mu) over the last dimension (smooth_max_reference's weights), in the dtype
+    and on the device of ``losses``: for the tests that assemble the MIMO direction by hand."""
+    return smooth_max_reference(losses, mu)[1].to(losses.device, losses.dtype)
+
+
 def smooth_max_backward_reference(
     grad_value: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from python_tests.references import smooth_max_weights
 
 GAMMA, MU = 0.7, 0.5
 TOL = 2e-6  # float32 rounding of a few ops on values of order 1
@@ -70,7 +71,7 @@ def reference_direction(model, batches):
             else [[a + b for a, b in zip(s, g, strict=True)] for s, g in zip(sums, grads, strict=True)]
         )
         uni_sum = uni_sum + torch.stack([f.detach() for f in uni])
-    w = torch.softmax(uni_sum / len(batches) / MU, 0)
+    w = smooth_max_weights(uni_sum / len(batches), MU)
     for i in range(len(params)):
         total[i] = sums[0][i] + GAMMA * sum(w[m] * sums[m + 1][i] for m in range(len(w)))
     return total

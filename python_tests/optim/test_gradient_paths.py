@@ -20,6 +20,7 @@ from python_tests.optim_helpers import (
     threads,
     train_step,
 )
+from python_tests.references import smooth_max_weights
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -114,7 +115,7 @@ def test_parameter_reached_only_by_a_unimodal_loss(device, path):
     opt = MIMOSGD(model.parameters(), lr=lr, gamma=gamma, mu=mu)
     inputs, labels = make_batch(0, (5, 4, 3), dtype=torch.float64, device=device)
     f0, fs = objectives(model, inputs, labels)
-    w = torch.softmax(torch.stack(fs).detach() / mu, 0)
+    w = smooth_max_weights(torch.stack(fs).detach(), mu)
     before = [[p.detach().clone() for p in head.parameters()] for head in model.uni_heads]
     heads = list(model.uni_heads)
     grads = [torch.autograd.grad(f, list(h.parameters()), retain_graph=True) for f, h in zip(fs, heads, strict=True)]
@@ -148,7 +149,7 @@ def test_diagnostics_per_objective(device, name):
             g = torch.autograd.grad(f, params, retain_graph=True, allow_unused=True)
             g = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
             separate.append(torch.cat([x.reshape(-1) for x in g]))
-        w = torch.softmax(torch.stack(fs).detach() / mu, 0)
+        w = smooth_max_weights(torch.stack(fs).detach(), mu)
         opt.backward(f0, fs)
         opt.step()
         d = opt.last_diagnostics

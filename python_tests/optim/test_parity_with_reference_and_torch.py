@@ -17,7 +17,7 @@ from python_tests.optim_helpers import (
     linear_objective,
     threads,
 )
-from python_tests.references import FLOAT_DTYPES, HALF_DTYPES, assert_within_reference_error
+from python_tests.references import FLOAT_DTYPES, HALF_DTYPES, assert_within_reference_error, smooth_max_reference
 
 # Two param groups with odd shapes, a zero-size one among them.
 GROUP_SHAPES = [[(7,), (3, 5)], [(0,), (13, 1)]]
@@ -100,7 +100,7 @@ def library_coefficients(losses: torch.Tensor) -> torch.Tensor:
 
 
 def exact_coefficients(losses: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.ones(1, dtype=torch.float64), GAMMA * torch.softmax(losses.double() / MU, 0)])
+    return torch.cat([torch.ones(1, dtype=torch.float64), GAMMA * smooth_max_reference(losses.double(), MU)[1]])
 
 
 def blend(grads_k: list[torch.Tensor], coefficients: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
