@@ -24,7 +24,7 @@ MIXED = [torch.randn(4, 6), torch.randn(4, 13, 32), torch.randn(4, 1, 8, 8)]
 
 
 @pytest.mark.parametrize("dims", [(5, 7), (5, 7, 3)])
-def test_model_shapes(dims):
+def test_late_fusion_output_and_feature_shapes(dims):
     model = LateFusionMLP(dims, num_classes=10, hidden=8, feature_dim=4)
     fused, uni = model([torch.randn(6, d) for d in dims])
     assert fused.shape == (6, 10) and [u.shape for u in uni] == [(6, 10)] * len(dims)

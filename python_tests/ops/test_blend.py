@@ -75,7 +75,7 @@ def test_non_contiguous_weights(device):
     check_blend(mimo_ext.blend(base, grads, weights, 1.0), base, grads, weights, 1.0)
 
 
-def test_deterministic(device):
+def test_repeated_calls_are_bit_identical(device):
     base, grads, weights = random_buffers((1 << 17) + 5, 3, torch.float32, device)
     first = mimo_ext.blend(base, grads, weights, 0.3)
     for _ in range(3):
@@ -91,7 +91,7 @@ def test_half_overflow_saturates_to_inf(device):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_opcheck(device, dtype):
+def test_opcheck_of_blend_and_blend_(device, dtype):
     base, grads, weights = random_buffers(37, 3, dtype, device)
     torch.library.opcheck(torch.ops.mimo_ext.blend.default, (base, grads, weights, 0.5))
     torch.library.opcheck(torch.ops.mimo_ext.blend_.default, (base.clone(), grads, weights, 0.5))

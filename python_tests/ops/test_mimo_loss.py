@@ -35,7 +35,7 @@ def test_gradient_is_the_mimo_direction(device, gamma, mu):
 
 
 @pytest.mark.parametrize("form", ["list", "tensor"])
-def test_value(device, form):
+def test_value_is_f0_plus_gamma_times_the_smooth_max(device, form):
     f0 = torch.tensor(0.3, dtype=torch.float64, device=device)
     uni = [torch.tensor(v, dtype=torch.float64, device=device) for v in (1.0, 0.4, 0.9)]
     given = uni if form == "list" else torch.stack(uni)
@@ -84,7 +84,7 @@ def test_nan_loss_propagates(device):
         "losses-float",
     ],
 )
-def test_bad_input(kwargs, error, match):
+def test_bad_input_raises_naming_the_argument(kwargs, error, match):
     args = {"f0": torch.tensor(0.0), "uni_losses": [torch.tensor(1.0), torch.tensor(2.0)]} | kwargs
     with pytest.raises(error, match=match):
         mimo_ext.mimo_loss(**args)

@@ -19,7 +19,7 @@ import mimo_ext.ops
 PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "masked_losses", "mimo_loss", "optim", "smooth_max"]
 
 
-def test_public_names():
+def test_public_names_are_exported():
     assert sorted(mimo_ext.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
         assert getattr(mimo_ext, name) is not None

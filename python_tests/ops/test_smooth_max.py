@@ -149,7 +149,7 @@ def test_weights_sum_to_one(device):
 
 @pytest.mark.parametrize("mu", [0.3, 2.0])
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 2, 40)], ids=str)
-def test_gradcheck(device, mu, shape):
+def test_gradcheck_of_the_value(device, mu, shape):
     losses = random_losses(shape, torch.float64, device).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: mimo_ext.smooth_max(x, mu)[0], (losses,))
     assert torch.autograd.gradcheck(lambda x: mimo_ext.SmoothMax.apply(x, mu)[0], (losses,))
@@ -181,7 +181,7 @@ def test_second_derivative_is_refused(device, entry):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_opcheck(device, dtype):
+def test_opcheck_of_smooth_max_and_its_backward(device, dtype):
     losses = random_losses((3, 4), dtype, device)
     torch.library.opcheck(torch.ops.mimo_ext.smooth_max.default, (losses, 0.5))
     torch.library.opcheck(torch.ops.mimo_ext.smooth_max.default, (losses.clone().requires_grad_(), 0.5))
@@ -204,7 +204,7 @@ def test_opcheck(device, dtype):
     ],
     ids=["mu=0", "mu<0", "mu=nan", "mu=inf", "int64", "bool", "0-dim", "M=0", "tensor-mu"],
 )
-def test_bad_input(device, losses, mu, error, match):
+def test_bad_input_raises_naming_the_argument(device, losses, mu, error, match):
     with pytest.raises(error, match=match):
         mimo_ext.smooth_max(losses.to(device), mu)
 

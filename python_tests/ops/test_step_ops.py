@@ -165,7 +165,7 @@ def test_adamw_beta2_close_to_one_in_float32(device, beta2):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("scaling", [(None, None), (1024.0, 0.0), (4.0, 1.0)], ids=["plain", "scaled", "skipped"])
 @pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
-def test_opcheck(device, algorithm, scaling, dtype):
+def test_opcheck_of_the_step_op(device, algorithm, scaling, dtype):
     hyper, step = (SGD_OPTIONS if algorithm == "sgd" else ADAMW_OPTIONS)[
         "momentum-dampening-wd-maximize" if algorithm == "sgd" else "amsgrad-maximize"
     ]

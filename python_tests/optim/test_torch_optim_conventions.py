@@ -58,7 +58,7 @@ def assert_models_close(model_a, model_b):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_add_param_group(device, name):
+def test_add_param_group_flattens_the_new_group_and_steps_as_torch_optim(device, name):
     model = make_model(device=device)
     twin = clone_model(model)
     opt, ref = pairs(name, list(model.encoders.parameters()), list(twin.encoders.parameters()))
@@ -102,7 +102,7 @@ def test_add_param_group_rejects_bad_groups():
 
 @pytest.mark.parametrize("set_to_none", [True, False])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_zero_grad(device, name, set_to_none):
+def test_zero_grad_as_torch_optim(device, name, set_to_none):
     model = make_model(device=device)
     twin = clone_model(model)
     opt, ref = pairs(name, model.parameters(), twin.parameters())
@@ -148,7 +148,7 @@ def test_zero_grad_of_a_gradient_set_by_hand(device):
 
 @pytest.mark.parametrize("path", ["objectives", "single"])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_closure(device, name, path):
+def test_closure_runs_once_with_gradients_and_its_loss_is_returned(device, name, path):
     model = make_model(device=device)
     twin = clone_model(model)
     opt = (MIMOSGD if name == "sgd" else MIMOAdamW)(model.parameters(), lr=0.05)
@@ -182,7 +182,7 @@ def test_closure(device, name, path):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_lr_scheduler(device, name):
+def test_lr_scheduler_as_with_torch_optim(device, name):
     model = make_model(device=device)
     twin = clone_model(model)
     opt, ref = pairs(name, model.parameters(), twin.parameters())
@@ -235,7 +235,7 @@ def test_tensor_hyperparameters_equal_floats(device, name):
     assert_models_close(model_a, model_b)
 
 
-def test_per_group_gamma(device):
+def test_gamma_zero_in_a_group_leaves_its_unimodal_heads_unchanged(device):
     # gamma = 0 in the heads' group: its uni-modal heads (reached only by the f_m) get no gradient at all.
     model = make_model(device=device)
     heads = list(model.uni_heads.parameters())

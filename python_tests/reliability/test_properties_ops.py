@@ -121,7 +121,7 @@ def test_blend_out_of_place(device, case):
 
 
 @given(blend_cases(), st.booleans())
-def test_blend_in_place(device, case, base_among_grads):
+def test_blend_in_place_matches_the_reference(device, case, base_among_grads):
     base, grads, weights, gamma = blend_inputs(case, device)
     if base_among_grads:
         grads[0] = base  # allowed: each element is read before it is written
