@@ -1,4 +1,4 @@
-"""Fuzzing of mimo_ext's argument checking (issue 7, item 7), with atheris over the Python API.
+"""Fuzzing of mimo_ext's argument checking, with atheris over the Python API.
 
 Every input is turned into one call of a public entry point (``torch.ops.mimo_ext.<op>`` or
 ``torch.ops.mimo_ext.<op>.default`` for smooth_max, smooth_max_backward, blend, blend_, sgd_step_ and adamw_step_,
@@ -11,8 +11,8 @@ value, a wrong Python type, two arguments made to share memory, ...). Then:
   RuntimeError) with a non-empty message that names the op or one of its arguments and is not an internal assert;
   and every input tensor must be bit-identical afterwards (nothing half-written);
 * a call that succeeds on CPU tensors must match a plain-PyTorch float64 reference (for the steps,
-  mimo_ext.optim.*_step_reference on float64 copies) within the project's tolerance rule
-  (python_tests/optim_helpers.assert_within_reference_error: twice the error of the same reference computed in the
+  mimo_ext.optim.*_step_reference on float64 copies) within the tolerance rule the tests use
+  (python_tests/references.py, its references too: twice the error of the same reference computed in the
   storage dtype, plus roundings; where that reference overflows, no judgement), must leave its read-only inputs and the
   state buffers its options do not use bit-identical, must not be a call the reference itself cannot compute, and
   must not have been given a written argument that shares memory with another argument (outputs aliasing inputs
@@ -74,6 +74,14 @@ if OPTIONS.library:
 with atheris.instrument_imports(include=["mimo_ext"]):
     import mimo_ext
     from mimo_ext.optim import adamw_step_reference, sgd_step_reference
+
+from python_tests.references import (  # noqa: E402  (the references and the tolerance rule of the tests)
+    blend_reference,
+    math_dtype,
+    smooth_max_backward_reference,
+    smooth_max_reference,
+    within_reference_error,
+)
 
 torch.set_num_threads(1)
 # The odd inputs make torch warn now and then (a complex tensor cast to real in a reference, ...): not findings.
@@ -364,91 +372,6 @@ def describe_call(op, args, before=None) -> str:
     return "\n".join(lines + [")"])
 
 
-# ---- the tolerance rule (python_tests/optim_helpers.assert_within_reference_error), per element for non-finite --
-
-
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def within_reference_error(actual, oracle, truth, *, terms=8.0, scale=None) -> str | None:
-    """None if ``actual`` (storage dtype) is within the error rule of ``truth`` (float64); otherwise why not.
-
-    Elementwise, with ``oracle`` the same computation in plain PyTorch at the kernels' precision: where truth is
-    finite, |actual - truth| <= 2 * max own error of oracle + 2 * max rounding of truth to the storage dtype + terms *
-    eps * scale, or the +-Inf truth rounds to in the storage dtype; but where oracle is NaN or +-Inf there, the
-    kernels' precision itself cannot reach truth (its own error is unbounded: an overflow, or a hyperparameter beyond
-    the math dtype's range) and any value is accepted; where truth is NaN or +-Inf (NaN or Inf inputs, or float64
-    overflow), the same as truth or as oracle.
-    """
-    if tuple(actual.shape) != tuple(truth.shape):
-        return f"shape {tuple(actual.shape)}, expected {tuple(truth.shape)}"
-    if actual.numel() == 0:
-        return None
-    a = actual.detach().cpu().double()
-    o = oracle.detach().cpu().double()
-    t = truth.detach().cpu().double()
-    finite_t = torch.isfinite(t)
-    finite_o = torch.isfinite(o)
-    like_oracle = (a.isnan() & o.isnan()) | (a == o)
-    like_truth = (a.isnan() & t.isnan()) | (a == t)
-    close = torch.zeros_like(finite_t)
-    if finite_t.any():
-        both = finite_t & finite_o
-        scale = t[finite_t].abs().max().item() if scale is None else scale
-        own = (o - t)[both].abs().max().item() if both.any() else 0.0
-        stored = t.to(actual.dtype).double()  # +-Inf where truth is beyond the storage dtype's range
-        representable = finite_t & torch.isfinite(stored)
-        rounding = (stored - t)[representable].abs().max().item() if representable.any() else 0.0
-        tolerance = 2 * own + 2 * rounding + terms * torch.finfo(acc_dtype(actual.dtype)).eps * scale
-        close = finite_t & (((a - t).abs() <= tolerance) | (~representable & (a == stored)))
-    ok = torch.where(finite_t, close | ~finite_o, like_truth | like_oracle)
-    bad = ~ok
-    if bad.any():
-        i = int(bad.nonzero()[0, 0]) if bad.dim() else 0
-        at = lambda x: x.flatten()[i].item()  # noqa: E731
-        return (
-            f"{int(bad.sum())} of {bad.numel()} elements off, first at flat index {i}: got {at(a)!r}, float64 "
-            f"reference {at(t)!r}, reference in {actual.dtype} {at(o)!r}"
-        )
-    return None
-
-
-# ---- references --------------------------------------------------------------------------------------------------
-
-
-def smooth_max_reference(losses, mu, dtype):
-    """value and weights in dtype (float64 for the truth), mu as the kernels use it: clamped to the math dtype's
-    largest finite value, 0 (hard max, ties sharing the weight) where it underflows; NaN rows for non-finite."""
-    acc = acc_dtype(losses.dtype)
-    mu_seen = torch.tensor(min(mu, torch.finfo(acc).max), dtype=acc).item()
-    l = losses.detach().to(dtype)  # noqa: E741
-    top = l.amax(-1, keepdim=True)
-    if mu_seen == 0:
-        ties = (l == top).to(dtype)
-        weights = ties / ties.sum(-1, keepdim=True)
-        value = top.squeeze(-1)
-    else:
-        # Shifted by the row's max before dividing by mu: l / mu alone overflows for a tiny mu.
-        e = torch.exp((l - top) / mu_seen)
-        total = e.sum(-1, keepdim=True)
-        value = (top + mu_seen * torch.log(total)).squeeze(-1)
-        weights = e / total
-    bad = ~torch.isfinite(l).all(dim=-1)
-    value = torch.where(bad, torch.full_like(value, math.nan), value)
-    weights = torch.where(bad.unsqueeze(-1), torch.full_like(weights, math.nan), weights)
-    return value, weights
-
-
-def blend_reference(base, grads, weights, gamma, dtype):
-    acc = acc_dtype(base.dtype)
-    w = weights.detach().to(acc).to(dtype)  # the kernel reads the weights in its math dtype
-    out = base.detach().to(dtype).clone()
-    for k, g in enumerate(grads):
-        out = out + (torch.tensor(gamma, dtype=dtype) * w[k]) * g.detach().to(dtype)
-    return out
-
-
 # ---- one call per op family --------------------------------------------------------------------------------------
 
 
@@ -551,7 +474,7 @@ def gen_step(fdp, generator, op) -> Call:
     dtype = pick(fdp, FLOATS)
     n = pick(fdp, LENGTHS[:-1] if fdp.ConsumeIntInRange(0, 9) else LENGTHS)
     k_count = pick(fdp, [1, 1, 2, 3, 4, 16, 17])
-    acc = acc_dtype(dtype)
+    acc = math_dtype(dtype)
     param = buffer(fdp, generator, n, dtype, device)
     state_names = ["momentum_buffer"] if op == "sgd_step_" else ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
     states = {name: buffer(fdp, generator, n, dtype, device, positive=name.endswith("sq")) for name in state_names}
@@ -743,13 +666,13 @@ def check_result(call: Call, a: dict, result, before) -> None:
     if call.op == "smooth_max":
         check_smooth_max(a, result)
     elif call.op == "smooth_max_backward":
-        truth = a["weights"].double() * a["grad_value"].double().unsqueeze(-1)
+        truth = smooth_max_backward_reference(a["grad_value"], a["weights"])
         expected_dtype = torch.result_type(a["weights"], a["grad_value"].unsqueeze(-1))  # as the op multiplies
         if result.dtype != expected_dtype:
             raise Finding("result-dtype", f"smooth_max_backward gave {result.dtype}, expected {expected_dtype}")
         if expected_dtype.is_floating_point:
-            oracle = a["weights"].to(expected_dtype) * a["grad_value"].to(expected_dtype).unsqueeze(-1)
-            why = within_reference_error(result, oracle, truth, terms=2)
+            oracle = smooth_max_backward_reference(a["grad_value"], a["weights"], expected_dtype)
+            why = within_reference_error(result, truth, oracle, terms=2)
             if why:
                 raise Finding("wrong-result", f"smooth_max_backward: {why}")
     elif call.op in ("blend", "blend_"):
@@ -772,10 +695,10 @@ def check_smooth_max(a, result) -> None:
     if value.dtype != losses.dtype or weights.dtype != losses.dtype:
         raise Finding("result-dtype", f"smooth_max gave {value.dtype}/{weights.dtype} for {losses.dtype}")
     truth_v, truth_w = smooth_max_reference(losses, float(mu), torch.float64)
-    oracle_v, oracle_w = smooth_max_reference(losses, float(mu), acc_dtype(losses.dtype))
+    oracle_v, oracle_w = smooth_max_reference(losses, float(mu), math_dtype(losses.dtype))
     l64 = losses.detach().double()
     finite = l64[torch.isfinite(l64)]
-    acc = acc_dtype(losses.dtype)
+    acc = math_dtype(losses.dtype)
     mu_seen = min(float(mu), torch.finfo(acc).max)
     scale = (finite.abs().max().item() if finite.numel() else 0.0) + mu_seen * math.log(losses.shape[-1])
     # The sum over a row of M terms: M + 8 roundings.
@@ -784,7 +707,7 @@ def check_smooth_max(a, result) -> None:
         ("value", value, oracle_v, truth_v, scale),
         ("weights", weights, oracle_w, truth_w, 1.0),
     ]:
-        why = within_reference_error(got, oracle.to(losses.dtype), truth, scale=s, terms=8 + m)
+        why = within_reference_error(got, truth, oracle.to(losses.dtype), scale=s, terms=8 + m)
         if why:
             raise Finding("wrong-result", f"smooth_max {name}: {why}")
 
@@ -798,15 +721,15 @@ def check_blend(call, a, result, before) -> None:
     if out.dtype != base.dtype or out.shape != base.shape:
         raise Finding("result-dtype", f"{call.op} gave {out.dtype} {tuple(out.shape)}")
     truth = blend_reference(base, grads, a["weights"], float(a["gamma"]), torch.float64)
-    oracle = blend_reference(base, grads, a["weights"], float(a["gamma"]), acc_dtype(base.dtype)).to(base.dtype)
+    oracle = blend_reference(base, grads, a["weights"], float(a["gamma"]), math_dtype(base.dtype)).to(base.dtype)
     # The scale of the roundings: the largest sum of the magnitudes of the terms of one element.
-    w = a["weights"].to(acc_dtype(base.dtype)).double()
+    w = a["weights"].to(math_dtype(base.dtype)).double()
     magnitude = base.double().abs()
     for k, g in enumerate(grads):
         magnitude = magnitude + (float(a["gamma"]) * w[k] * g.double()).abs()
     finite = magnitude[torch.isfinite(magnitude)]
     scale = finite.max().item() if finite.numel() else 0.0
-    why = within_reference_error(out, oracle, truth, terms=2 * len(grads) + 4, scale=scale)
+    why = within_reference_error(out, truth, oracle, terms=2 * len(grads) + 4, scale=scale)
     if why:
         raise Finding("wrong-result", f"{call.op}: {why}")
 
@@ -815,7 +738,7 @@ def check_step(call, a, result, before) -> None:
     reference = sgd_step_reference if call.op == "sgd_step_" else adamw_step_reference
     names = ARGUMENT_NAMES[call.op]
     param = a["param"]
-    acc = acc_dtype(param.dtype)
+    acc = math_dtype(param.dtype)
 
     def copy_args(dtype):
         args = []
@@ -853,7 +776,7 @@ def check_step(call, a, result, before) -> None:
             if not torch.equal(a["step"], oracle_args[i]) and not (a["step"].isnan() & oracle_args[i].isnan()).all():
                 raise Finding("wrong-result", f"{call.op}: step {a['step'].item()}, expected {oracle_args[i].item()}")
             continue
-        why = within_reference_error(a[name], oracle_args[i], truth_args[i], terms=16)
+        why = within_reference_error(a[name], truth_args[i], oracle_args[i], terms=16)
         if why:
             raise Finding("wrong-result", f"{call.op}: {name}: {why}")
     if result.numel():
@@ -929,7 +852,7 @@ def check_meta_like_cpu(call: Call, result) -> None:
 # one of these predicates recognises is counted under the issue's name instead of failing (unless --strict), so
 # that CI still fails on anything new. Remove an entry once its fix is in: --strict then shows it stays fixed.
 # Entries map a name to (description, predicate(finding, call, before) -> bool). None open: every finding so far is
-# fixed, each with a regression test in python_tests/test_fuzz_findings.py (SANITIZERS.md).
+# fixed, each with a regression test in python_tests/reliability/test_fuzz_findings.py.
 
 KNOWN_ISSUES: dict = {}
 

@@ -12,14 +12,12 @@ Tests marked ``large`` (pyproject.toml) are skipped unless ``MIMO_EXT_LARGE_TEST
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
 import torch
 
 from mimo_ext._library import built_with_cuda
-from mimo_ext.datasets import load_mfeat
 
 REQUESTED_DEVICE = os.environ.get("MIMO_EXT_TEST_DEVICE", "")
 if REQUESTED_DEVICE not in ("", "cpu", "cuda"):
@@ -73,26 +71,3 @@ def pytest_runtest_setup(item) -> None:
     # 20 GiB of device memory, minutes on a CPU): skipped, visibly, unless asked for.
     if item.get_closest_marker("large") is not None and not LARGE_TESTS:
         pytest.skip("large test (up to 2**31 + 19 elements a buffer, up to 20 GiB): set MIMO_EXT_LARGE_TESTS=1 to run")
-
-
-# ---- the balance harness's tests (compare and sweep): a few real rows, and a guard that fails a test when a model
-# is built, for inputs that must be refused before any training
-
-_compare_module = importlib.import_module("mimo_ext.balance.compare")
-
-
-@pytest.fixture(scope="module")
-def few_rows():
-    xs, y = load_mfeat(("pix", "fou"))
-    keep = torch.arange(0, 2000, 40)  # 50 rows, 5 per class
-    return [x[keep] for x in xs], y[keep]
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    """Makes building a model fail the test: a bad input must be refused before any training."""
-
-    def trained(*args, **kwargs):
-        raise AssertionError("a model was built: the input was not checked before training")
-
-    monkeypatch.setattr(_compare_module, "late_fusion_for", trained)

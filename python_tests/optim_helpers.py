@@ -1,5 +1,5 @@
-"""Helpers shared by the test_optim_* files: the tolerance rule, objectives with prescribed gradients, a small
-late-fusion training setup, and snapshots of an optimizer's parameters and state."""
+"""Helpers shared by the optimizer tests: objectives with prescribed gradients, a small late-fusion training setup,
+thread counts, and snapshots of an optimizer's parameters and state (bit for bit)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from torch import nn
 import mimo_ext
 from mimo_ext.models import LateFusionMLP
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
 
 @contextlib.contextmanager
 def threads(n: int):
@@ -26,42 +23,6 @@ def threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def acc_eps(dtype: torch.dtype) -> float:
-    """Machine epsilon of the math dtype of storage dtype ``dtype`` (float64 for float64, float32 otherwise)."""
-    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-
-
-def max_error(actual: torch.Tensor, truth: torch.Tensor) -> float:
-    if actual.numel() == 0:
-        return 0.0
-    return (actual.detach().double().cpu() - truth.detach().double().cpu()).abs().max().item()
-
-
-def assert_within_reference_error(
-    actual: torch.Tensor, oracle: torch.Tensor, truth: torch.Tensor, *, terms: float = 8, what: str = ""
-) -> None:
-    """The tolerance rule for a result computed in a storage dtype (as flash-attention's tests do it): ``actual``
-    (the code under test) must be within twice the error of ``oracle`` (the reference computed in the same storage
-    dtype from the same inputs) from ``truth`` (the reference in float64), plus twice the error of rounding
-    ``truth`` to the storage dtype (one rounding boundary crossed differently), plus ``terms`` roundings of the
-    math dtype on the magnitude of ``truth``. Never loosened to make a test pass."""
-    assert actual.shape == truth.shape == oracle.shape, (what, actual.shape, oracle.shape, truth.shape)
-    assert actual.dtype == oracle.dtype, (what, actual.dtype, oracle.dtype)
-    if truth.numel() == 0:
-        return
-    assert torch.isfinite(actual.detach().cpu()).all(), f"{what}: non-finite values"
-    truth64 = truth.detach().double().cpu()
-    scale = truth64.abs().max().item()
-    own = max_error(oracle, truth64)
-    rounding = max_error(truth64.to(actual.dtype), truth64)
-    tolerance = 2 * own + 2 * rounding + terms * acc_eps(actual.dtype) * scale
-    error = max_error(actual, truth64)
-    assert error <= tolerance, (
-        f"{what}: max error {error:.3e} exceeds {tolerance:.3e} (reference's own error {own:.3e}, rounding "
-        f"{rounding:.3e}, {actual.dtype})"
-    )
 
 
 def linear_objective(params, grads, value: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""The balancing front end: methods, comparison harness, command line, data loaders, models, masked losses."""

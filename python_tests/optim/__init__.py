@@ -1,0 +1,1 @@
+"""MIMOSGD / MIMOAdamW against torch.optim and the reference steps: parity, scenarios, conventions, distributed."""
