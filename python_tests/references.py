@@ -216,3 +216,22 @@ def assert_within_reference_error(
         representable = torch.isfinite(t) & torch.isfinite(t.to(actual.dtype))
         finite = torch.isfinite(actual.detach().cpu())
         assert finite[representable].all(), f"{what}: non-finite values where the reference is finite"
+
+
+def statistics_tolerance(
+    grads: Sequence[torch.Tensor],
+    coefficients: torch.Tensor,
+    grad_scale: torch.Tensor | float | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The rule's ``terms * eps * scale`` for the step ops' statistics ([|g_k|^2..., g_0 . g_k..., |blend|^2], of the
+    unscaled gradients): each sums n products in the math dtype of ``dtype``, so n + 2K + 4 roundings of the sum of
+    the magnitudes of its terms (recursive or blocked summation); per statistic."""
+    g = [x.detach().double().cpu().abs() for x in grads]
+    c = coefficients.detach().double().cpu().abs()
+    inv = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+    squares = [(x * x).sum() * inv * inv for x in g]
+    dots = [(g[0] * x).sum() * inv * inv for x in g[1:]]
+    blended = sum(ck * x for ck, x in zip(c, g, strict=True)) * inv
+    magnitudes = torch.stack([*squares, *dots, (blended * blended).sum()])
+    return magnitudes * (g[0].numel() + 2 * len(g) + 4) * math_eps(dtype)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mimo_ext.optim import adamw_step_reference, sgd_step_reference
-from python_tests.references import assert_within_reference_error, blend_reference, math_eps
+from python_tests.references import assert_within_reference_error, blend_reference, statistics_tolerance
 
 # ---- blend
 
@@ -162,18 +162,6 @@ def used_states(algorithm, options) -> list[int]:
     return [0, 1, 2] if options["amsgrad"] else [0, 1]
 
 
-def stats_tolerance(call64: Call, n: int) -> torch.Tensor:
-    """A bound on the rounding error of each statistic computed in the math dtype: n + 2K + 4 roundings relative to
-    the sum of the magnitudes of the terms summed (recursive or blocked summation of n products)."""
-    g = [x.abs() for x in call64.grads]
-    c = call64.coefficients.abs()
-    inv = 1.0 if call64.grad_scale is None else 1.0 / call64.grad_scale.item()
-    squares = [(x * x).sum() * inv * inv for x in g]
-    dots = [(g[0] * x).sum() * inv * inv for x in g[1:]]
-    blended = sum(ck * x for ck, x in zip(c, g, strict=True)) * inv
-    return torch.stack([*squares, *dots, (blended * blended).sum()]) * (n + 2 * len(g) + 4)
-
-
 def realigned(t: torch.Tensor, offset: int) -> torch.Tensor:
     """A copy of the 1-D ``t`` in a view starting ``offset`` elements into a fresh (16-byte aligned) buffer."""
     storage = torch.empty(t.numel() + offset + 3, dtype=t.dtype, device=t.device)
@@ -206,7 +194,7 @@ def check_step_against_reference(call: Call, op, reference, algorithm, hyper, st
     assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
     for s in used_states(algorithm, hyper):
         assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"state {s}")
-    tolerance = stats_tolerance(truth, n) * math_eps(call.param.dtype)
+    tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, call.param.dtype)
     assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all(), (stats, truth_stats, tolerance)
 
 

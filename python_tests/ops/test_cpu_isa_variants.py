@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mimo_ext
+from python_tests.references import assert_within_tolerance, reference_tolerance
 
 SCRIPT = r"""
 import hashlib, torch, mimo_ext
@@ -149,12 +150,10 @@ def test_every_blend_loop_path_matches_float64(dtype, k):
     weights = torch.randn(k, generator=gen)
     out = mimo_ext.blend(base, grads, weights, 0.7)
     expected = base.double() + sum(0.7 * w.double() * g.double() for w, g in zip(weights, grads, strict=True))
-    store_eps = torch.finfo(dtype).eps  # the one rounding to the storage type
-    acc_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps  # each accumulation
     terms = [0.7 * abs(w.item()) * g.double().abs() for w, g in zip(weights, grads, strict=True)]
-    magnitude = base.double().abs() + sum(terms)
-    bound = store_eps * expected.abs() + (k + 1) * acc_eps * magnitude
-    assert ((out.double() - expected).abs() <= bound).all()
+    magnitude = base.double().abs() + sum(terms)  # k + 1 roundings of the math dtype on it, then one at the store
+    tolerance = reference_tolerance(expected, dtype, terms=k + 1, scale=magnitude, elementwise=True)
+    assert_within_tolerance(out, expected, tolerance, what=f"K={k}")
     in_place = base.clone()
     mimo_ext.blend_(in_place, grads, weights, 0.7)
     assert torch.equal(in_place, out)

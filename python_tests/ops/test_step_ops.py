@@ -21,12 +21,11 @@ from python_tests.ops.calls import (
     op_and_reference,
     split_arguments,
     state_count,
-    stats_tolerance,
     used_states,
     with_offsets,
 )
 from python_tests.optim_helpers import assert_bit_identical, threads
-from python_tests.references import FLOAT_DTYPES, assert_within_reference_error, math_eps
+from python_tests.references import FLOAT_DTYPES, assert_within_reference_error, math_eps, statistics_tolerance
 
 LENGTHS = [0, 1, 7, 1000]
 KS = [1, 2, 3, 4]
@@ -81,7 +80,7 @@ def test_op_matches_reference(device, algorithm, options, dtype, n, scaling):
         # Statistics of the raw (unscaled) gradient buffers and of the blend, against float64.
         assert ref_stats.shape == stats.shape
         error = (stats.cpu().double() - truth_stats).abs()
-        tolerance = stats_tolerance(truth, n) * math_eps(dtype)
+        tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, dtype)
         assert (error <= tolerance).all(), (stats, truth_stats, tolerance)
 
 
@@ -102,7 +101,7 @@ def test_op_several_chunks(device, algorithm, dtype):
     assert_within_reference_error(call.param.cpu(), truth.param, ref.param, what="param")
     for s in used_states(algorithm, hyper):
         assert_within_reference_error(call.states[s].cpu(), truth.states[s], ref.states[s], what=f"state {s}")
-    tolerance = stats_tolerance(truth, n) * math_eps(dtype)
+    tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, dtype)
     assert ((stats.cpu().double() - truth_stats).abs() <= tolerance).all()
     # Deterministic: the same inputs give bit-identical outputs.
     again = Call(algorithm, hyper, step, n, 3, dtype, device, 1024.0, 0.0)
@@ -377,6 +376,6 @@ def test_cuda_graph_capture_of_the_step_op(cuda_device, algorithm, options):
         assert_within_reference_error(static.param.cpu(), truth.param, ref.param, what=f"{what} param")
         for s in used_states(algorithm, hyper):
             assert_within_reference_error(static.states[s].cpu(), truth.states[s], ref.states[s], what=f"{what} {s}")
-        tolerance = stats_tolerance(truth, n) * math_eps(torch.float32)
+        tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, torch.float32)
         assert ((captured_stats.cpu().double() - truth_stats).abs() <= tolerance).all(), what
     assert static.step.item() == step + steps_taken == step + 4

@@ -19,7 +19,12 @@ import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_reference
 from python_tests.optim_db import OPTIM_DB
 from python_tests.optim_helpers import linear_objective, threads
-from python_tests.references import assert_within_reference_error, math_dtype, math_eps, smooth_max_reference
+from python_tests.references import (
+    assert_within_reference_error,
+    math_dtype,
+    smooth_max_reference,
+    statistics_tolerance,
+)
 from python_tests.reliability import hypothesis_profiles  # noqa: F401  (loads the settings profile before the tests are decorated)
 from python_tests.reliability.property_data import dtypes, exponent_range, log_uniform, seeds, spread
 
@@ -156,17 +161,6 @@ def used_states(call: StepCall) -> list[int]:
     return [0, 1, 2] if call.options["amsgrad"] else [0, 1]
 
 
-def stats_tolerance(truth: StepCall) -> torch.Tensor:
-    """Each statistic sums n products in the math type: n + 2K + 4 roundings of the sum of the terms' magnitudes."""
-    g = [x.abs() for x in truth.grads]
-    inv = 1.0 if truth.grad_scale is None else 1.0 / truth.grad_scale.item()
-    squares = [(x * x).sum() * inv * inv for x in g]
-    dots = [(g[0] * x).sum() * inv * inv for x in g[1:]]
-    blended = sum(c * x for c, x in zip(truth.coefficients.abs(), g, strict=True)) * inv
-    n = truth.param.numel()
-    return torch.stack([*squares, *dots, (blended * blended).sum()]) * (n + 2 * len(g) + 4)
-
-
 @pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
 @given(data=st.data())
 def test_step_op_matches_reference(device, algorithm, data):
@@ -188,7 +182,8 @@ def test_step_op_matches_reference(device, algorithm, data):
     for s in used_states(call):
         assert_within_reference_error(call.states[s], truth.states[s], oracle.states[s], what=f"state {s}")
     error = (stats.double().cpu() - truth_stats).abs()
-    assert (error <= stats_tolerance(truth) * math_eps(call.param.dtype)).all(), (stats, truth_stats)
+    tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, call.param.dtype)
+    assert (error <= tolerance).all(), (stats, truth_stats)
 
 
 # ---- the optimizers, over a few steps
