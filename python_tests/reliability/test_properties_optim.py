@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_reference
+from python_tests.ops.calls import used_states
 from python_tests.optim_db import OPTIM_DB
 from python_tests.optim_helpers import linear_objective, threads
 from python_tests.references import (
@@ -155,12 +156,6 @@ def step_calls(draw, algorithm):
     )
 
 
-def used_states(call: StepCall) -> list[int]:
-    if call.algorithm == "sgd":
-        return [0] if call.options["momentum"] != 0 else []
-    return [0, 1, 2] if call.options["amsgrad"] else [0, 1]
-
-
 @pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
 @given(data=st.data())
 def test_step_op_matches_reference(device, algorithm, data):
@@ -169,7 +164,8 @@ def test_step_op_matches_reference(device, algorithm, data):
     reference = sgd_step_reference if algorithm == "sgd" else adamw_step_reference
     oracle, truth = call.on("cpu"), call.on("cpu").as_float64()
     grads_before = [g.clone() for g in call.grads]
-    unused_before = {s: call.states[s].clone() for s in range(len(call.states)) if s not in used_states(call)}
+    used = used_states(call.algorithm, call.options)
+    unused_before = {s: call.states[s].clone() for s in range(len(call.states)) if s not in used}
     stats = call.run(op)
     oracle.run(reference)
     truth_stats = truth.run(reference)
@@ -179,7 +175,7 @@ def test_step_op_matches_reference(device, algorithm, data):
     assert all(torch.equal(a, b) for a, b in zip(grads_before, call.grads, strict=True)), "a gradient was written"
     assert all(torch.equal(call.states[s], t) for s, t in unused_before.items()), "an unused state was written"
     assert_within_reference_error(call.param, truth.param, oracle.param, what="param")
-    for s in used_states(call):
+    for s in used:
         assert_within_reference_error(call.states[s], truth.states[s], oracle.states[s], what=f"state {s}")
     error = (stats.double().cpu() - truth_stats).abs()
     tolerance = statistics_tolerance(truth.grads, truth.coefficients, truth.grad_scale, call.param.dtype)
