@@ -61,6 +61,17 @@ def cuda_device() -> str:
     return require_device("cuda")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests, restored after it: on tiny tensors a second thread only adds
+    synchronisation (costly on a loaded 2-core machine). Determinism across thread counts is tested separately
+    (reliability/test_determinism.py). Modules take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ---- opt-in tests of very large buffers
 
 LARGE_TESTS = os.environ.get("MIMO_EXT_LARGE_TESTS", "") == "1"

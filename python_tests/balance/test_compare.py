@@ -249,14 +249,6 @@ def test_compare_unknown_method(tiny_mfeat):
 # --- early and attention fusion, missing modalities, regression -----------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def synthetic(n=60, classes=3, seed=0):
     """A strong modality (the class, one-hot, plus noise) and a weak one (a noisier, smaller signal)."""
     g = torch.Generator().manual_seed(seed)

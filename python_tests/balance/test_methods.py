@@ -22,14 +22,7 @@ from mimo_ext.balance.methods.pcgrad import pcgrad_coefficients
 from mimo_ext.models import LateFusionMLP
 from mimo_ext.optim import MIMOSGD
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def tiny_setup(seed: int = 0, dims=(5, 3), dtype=torch.float64):

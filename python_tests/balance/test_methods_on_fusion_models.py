@@ -24,12 +24,7 @@ from python_tests.references import smooth_max_weights
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def setup(kind: str, seed: int = 0, n: int = 8):

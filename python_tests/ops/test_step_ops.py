@@ -31,10 +31,7 @@ LENGTHS = [0, 1, 7, 1000]
 KS = [1, 2, 3, 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 @pytest.mark.parametrize("scaling", SCALING, ids=lambda s: f"scale={s[0]}-found_inf={s[1]}")

@@ -19,17 +19,13 @@ from python_tests.optim_helpers import (
     make_model,
     objectives,
     snapshot,
-    threads,
     train_step,
 )
 
 PATHS = ["objectives", "single"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def feed(model, opt, step, path, scaler=None):

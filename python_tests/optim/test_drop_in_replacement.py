@@ -32,16 +32,12 @@ from python_tests.optim_helpers import (
     make_model,
     objectives,
     snapshot,
-    threads,
 )
 
 GAMMA, MU = 0.8, 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 PAIRS = {"sgd": (MIMOSGD, torch.optim.SGD), "adamw": (MIMOAdamW, torch.optim.AdamW)}

@@ -17,16 +17,11 @@ from python_tests.optim_helpers import (
     make_model,
     objectives,
     snapshot,
-    threads,
     train_step,
 )
 from python_tests.references import smooth_max_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 @pytest.mark.parametrize("input_dims", [(5, 4), (5, 4, 3)], ids=["M=2", "M=3"])

@@ -15,7 +15,6 @@ from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_re
 from python_tests.optim_helpers import (
     assert_parameters_in_flat_buffers,
     linear_objective,
-    threads,
 )
 from python_tests.references import FLOAT_DTYPES, HALF_DTYPES, assert_within_reference_error, smooth_max_reference
 
@@ -43,10 +42,7 @@ ADAMW_CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def cases():

@@ -16,7 +16,7 @@ from torch import nn
 import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
 from mimo_ext.optim.step_counts import StepCounts
-from python_tests.optim_helpers import make_batch, make_model, threads
+from python_tests.optim_helpers import make_batch, make_model
 
 GAMMA, MU = 0.8, 0.2
 PAIRS = {
@@ -29,10 +29,7 @@ PATHS = ["single", "objectives"]
 ATOL = 2e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def losses(model, step: int, dropped: int | None, device):

@@ -20,16 +20,11 @@ from python_tests.optim_helpers import (
     make_model,
     objectives,
     snapshot,
-    threads,
     train_step,
 )
 from python_tests.references import assert_within_reference_error, smooth_max_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def pairs(name, params_mimo, params_torch, **kw):

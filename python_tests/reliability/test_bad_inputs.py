@@ -20,15 +20,12 @@ from mimo_ext.balance import compare
 from mimo_ext.balance.methods import make_method
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
 from python_tests.op_db import META, OP_DB
-from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, threads, train_step
+from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, train_step
 
 N = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 class World:

@@ -12,17 +12,14 @@ import torch
 import mimo_ext
 from mimo_ext.optim import MIMOSGD
 from python_tests.optim_db import CONFIGS
-from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, threads, train_step
+from python_tests.optim_helpers import bits, make_batch, make_model, objectives, snapshot, train_step
 from python_tests.references import blend_reference, smooth_max_reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 NAN, INF = math.nan, math.inf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def ids(dtype):

@@ -21,7 +21,6 @@ from torch.profiler import ProfilerActivity, profile
 import mimo_ext
 from mimo_ext.optim import adamw_step_reference
 from python_tests.optim_db import OPTIMIZERS
-from python_tests.optim_helpers import threads
 
 STEPS = 10_000
 WARMUP = 500
@@ -31,10 +30,7 @@ WARMUP = 500
 RSS_SLACK = 2 * 2**20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 def resident_bytes() -> int:

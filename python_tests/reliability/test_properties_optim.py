@@ -19,7 +19,7 @@ import mimo_ext
 from mimo_ext.optim import MIMOSGD, MIMOAdamW, adamw_step_reference, sgd_step_reference
 from python_tests.ops.calls import used_states
 from python_tests.optim_db import OPTIM_DB
-from python_tests.optim_helpers import linear_objective, threads
+from python_tests.optim_helpers import linear_objective
 from python_tests.references import (
     assert_within_reference_error,
     math_dtype,
@@ -36,12 +36,7 @@ GRAD_CAP = {torch.float16: (-4, 1), torch.bfloat16: (-12, 12), torch.float32: (-
 PARAM_CAP = {torch.float16: (-4, 3), torch.bfloat16: (-10, 10), torch.float32: (-10, 10), torch.float64: (-50, 50)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny buffers: a second thread only adds synchronisation on the shared machine (determinism across thread
-    # counts is reliability/test_determinism.py's job).
-    with threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
 
 @st.composite
