@@ -4,6 +4,7 @@
     python benchmarks/bench_optim.py              # full preset: 1M, 16M, 64M parameters, two ResNet-18s
     python benchmarks/bench_optim.py --no-compile # without torch.compile of blend + update (slow to compile)
     python benchmarks/bench_optim.py --device cuda
+    python benchmarks/bench_optim.py --device cuda --lengths 16777216 --model-width 32 --rounds 1  # one short run
 
 Every path gets the same K = 3 per-objective gradients (g0 of the fusion loss, g1 and g2 of two uni-modal
 losses) and the same MIMO weights w. The fused step blends ``g0 + gamma * (w1 g1 + w2 g2)`` inside the update;
@@ -387,8 +388,10 @@ def main(argv=None) -> int:
         default=None,
         help="also time torch.compile of blend + stock update (default: on in the full preset, off in --quick)",
     )
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="flat buffer lengths (default: preset's)")
+    parser.add_argument("--model-width", type=int, default=None, help="ResNet-18 base width (default: preset's)")
     args = parser.parse_args(argv)
-    bench = BenchmarkRun.start("optim", args, PRESETS, overrides=("rounds",))
+    bench = BenchmarkRun.start("optim", args, PRESETS, overrides=("rounds", "lengths", "model_width"))
     preset = bench.preset
     if args.compile is None:
         args.compile = not args.quick

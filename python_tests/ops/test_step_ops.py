@@ -301,6 +301,7 @@ def beyond_one_pass_cases(device):
     return [(dtype, 0) for dtype in FLOAT_DTYPES] + [(torch.float32, 1)]
 
 
+@pytest.mark.gpu_slow  # every dtype over a buffer of several grid passes on CUDA
 @pytest.mark.parametrize("algorithm, options", STEP_CASES)
 def test_op_beyond_one_grid_pass(device, algorithm, options):
     op, reference = op_and_reference(algorithm)

@@ -10,6 +10,9 @@ import torch
 import mimo_ext
 from python_tests.ops.calls import TinyLateFusion, batch, losses_of
 
+# A cold Inductor/Triton compile per test on CUDA: .ci/gpu runs these after the fast tests.
+pytestmark = pytest.mark.gpu_slow
+
 
 def loss_fn(model, inputs, labels):
     f0, uni = losses_of(model, inputs, labels)

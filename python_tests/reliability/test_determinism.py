@@ -147,6 +147,7 @@ def test_thread_count_is_restored_after_a_failure():
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.gpu_slow  # a new interpreter, with its own CUDA context
 def test_a_fresh_process_gives_the_same_bits(device):
     # Nothing depends on addresses, uninitialised memory or process state: a new interpreter (2 threads) reproduces
     # this one's results (1 thread) bit for bit, on the same device.

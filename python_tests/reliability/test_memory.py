@@ -57,6 +57,7 @@ def memory_in_use(device: str) -> int:
     return resident_bytes()
 
 
+@pytest.mark.gpu_slow  # 10,500 steps, each a few launches
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_ten_thousand_steps_do_not_grow_memory(device, name):
     """Both ways of feeding gradients alternate (per-objective backward, then one backward of mimo_loss), with
