@@ -62,7 +62,9 @@ def check_wav(path: Path) -> None:
         raise LayoutError(f"{path}: unsupported sample width of {width} bytes")
     size = path.stat().st_size
     if size < declared + 44:  # 44: the smallest RIFF/WAVE header
-        raise LayoutError(f"{path}: truncated WAV, the header declares {declared} bytes of samples but the file has {size}")
+        raise LayoutError(
+            f"{path}: truncated WAV, the header declares {declared} bytes of samples but the file has {size}"
+        )
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -77,7 +77,9 @@ def _split(root: Path, split: str) -> ArrayPairs:
     labels_path = root / f"{split}_labels.npy"
     labels = np.asarray(_array(labels_path, f"the {split} labels"))
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise LayoutError(f"{labels_path}: expected a 1-D integer array, got {labels.dtype} of shape {list(labels.shape)}")
+        raise LayoutError(
+            f"{labels_path}: expected a 1-D integer array, got {labels.dtype} of shape {list(labels.shape)}"
+        )
     if image.shape[1:] not in ((784,), (28, 28)):
         raise LayoutError(f"{root / 'image' / f'{split}_data.npy'}: expected rows of 784 or 28x28, got "
                           f"{list(image.shape)}")
@@ -107,7 +109,7 @@ RECIPE = Recipe(
     title="AV-MNIST",
     modalities=("image", "audio"),
     classes=CLASSES,
-    settings=Settings(epochs=30, batch_size=40, lr=0.1, momentum=0.0, weight_decay=1e-4, lr_step=10**9, lr_gamma=1.0),
+    settings=Settings(epochs=30, batch_size=40, lr=0.1, momentum=0.0, weight_decay=1e-4, lr_step=None),
     paper=PaperResult(42.21, "head_acc", "audio accuracy", modality=1),
     load=load,
     encoders=encoders,

@@ -64,6 +64,7 @@ def make_cremad(root, train_per_class: int = 3, test_per_class: int = 1, rate: i
     """CREMA-D as OGM-GE reads it: ``train.csv`` / ``test.csv``, ``AudioWAV/<clip>.wav`` (16 kHz, as the data set's),
     ``Image-01-FPS/<clip>/frame_0000N.jpg`` (two frames per clip)."""
     root, rng, clip = Path(root), np.random.default_rng(seed), 1001
+    root.mkdir(parents=True, exist_ok=True)
     for split, per_class in _per_split(train_per_class, test_per_class):
         rows = []
         for name, label in CREMAD_CLASSES.items():
@@ -88,6 +89,7 @@ def make_ks(root, train_per_class: int = 2, test_per_class: int = 1, seed: int =
     <label>"), ``train_spec/`` and ``test_spec/`` (``<clip>.npy``), ``train-frames-1fps/train/`` and
     ``val-frames-1fps/test/`` (four frames per clip)."""
     root, rng = Path(root), np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
     folders = {"train": ("train_spec", "train-frames-1fps/train"), "test": ("test_spec", "val-frames-1fps/test")}
     for split, per_class in _per_split(train_per_class, test_per_class):
         rows = []
@@ -112,6 +114,7 @@ def make_ave(root, train_per_class: int = 2, test_per_class: int = 1, seed: int 
     training id is listed twice, with two classes (a video with two events): the loader must drop it."""
     root, rng = Path(root), np.random.default_rng(seed)
     names = ave_class_names()
+    root.mkdir(parents=True, exist_ok=True)
     (root / "stat.txt").write_text("".join(f"{n}\n" for n in names))
     for split, per_class in _per_split(train_per_class, test_per_class):
         rows = []

@@ -32,7 +32,16 @@ from torch import nn
 
 from ...models import LateFusion
 
-__all__ = ["FUSION_HEADS", "AudioEncoder", "LeNet", "RecipeModel", "ResNet18", "VisualEncoder", "fusion_head", "two_stream_resnet18"]
+__all__ = [
+    "FUSION_HEADS",
+    "AudioEncoder",
+    "LeNet",
+    "RecipeModel",
+    "ResNet18",
+    "VisualEncoder",
+    "fusion_head",
+    "two_stream_resnet18",
+]
 
 
 class BasicBlock(nn.Module):

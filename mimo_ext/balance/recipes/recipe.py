@@ -39,8 +39,8 @@ class Settings:
     lr: float
     momentum: float
     weight_decay: float
-    lr_step: int  # StepLR: the learning rate is multiplied by lr_gamma every lr_step epochs
-    lr_gamma: float
+    lr_step: int | None  # StepLR: the learning rate is multiplied by lr_gamma every lr_step epochs (None: constant)
+    lr_gamma: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ class RunConfig:
     lr: float
     momentum: float
     weight_decay: float
-    lr_step: int
+    lr_step: int | None
     lr_gamma: float
     fusion: str = "concat"
     device: str = "cpu"
@@ -81,7 +81,7 @@ def check_config(c: RunConfig) -> None:
             f"ogm_ge splits the fused logits into per-modality shares, which needs a linear fusion head "
             f"({sorted(LINEAR_HEADS)}); fusion={c.fusion!r} has none: drop ogm_ge or pick another fusion"
         )
-    if c.epochs < 1 or c.batch_size < 1 or c.lr_step < 1:
+    if c.epochs < 1 or c.batch_size < 1 or (c.lr_step is not None and c.lr_step < 1):
         raise ValueError(f"epochs, batch_size and lr_step must be >= 1, got {c.epochs}, {c.batch_size}, {c.lr_step}")
     unknown = sorted(set(c.options) - set(c.recipe.options))
     if unknown:
@@ -157,13 +157,16 @@ def _train_run(name: str, seed: int, c: RunConfig, train: Dataset, test: Dataset
     model = RecipeModel(c.recipe.encoders(c.tiny), c.recipe.classes, c.fusion).to(device)
     method = make_method(name, **options)
     optimizer = _optimizer(name, model, c, options)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, c.lr_step, c.lr_gamma)
+    # No schedule: a StepLR that never fires keeps one code path (and one checkpoint format).
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, c.lr_step or c.epochs + 1, c.lr_gamma)
     timer, curves, start = _Timer(), [], 0
     path = _checkpoint_path(c, name, seed)
     if c.resume and path is not None and path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["epochs"] != c.epochs:
-            raise ValueError(f"{path}: a checkpoint of a {state['epochs']}-epoch run cannot resume a {c.epochs}-epoch run")
+            raise ValueError(
+                f"{path}: a checkpoint of a {state['epochs']}-epoch run cannot resume a {c.epochs}-epoch run"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -217,7 +220,7 @@ def run_recipe(c: RunConfig, progress: Progress | None = None) -> dict[str, dict
         optimizer=f"SGD momentum {c.momentum} (mimo_fused: MIMOSGD)",
         lr=c.lr,
         weight_decay=c.weight_decay,
-        schedule=f"StepLR step {c.lr_step} factor {c.lr_gamma}",
+        schedule=f"StepLR step {c.lr_step} factor {c.lr_gamma}" if c.lr_step else "constant",
         epochs=c.epochs,
         batch_size=c.batch_size,
         published=f"{s.epochs} epochs, batch {s.batch_size}, lr {s.lr}",

@@ -21,6 +21,8 @@ from mimo_ext.balance.recipes.fixtures import write_wav
 from mimo_ext.balance.recipes.layout import LayoutError
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
+
 def reference_log_spectrogram(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """librosa.stft's definition (up to 0.9) in float64: reflect-pad n_fft // 2 on each side, periodic Hann window,
     frames every hop samples, the one-sided DFT of each; then log(|S| + 1e-7)."""
@@ -43,7 +45,8 @@ def test_log_spectrogram_matches_float64_reference(n_fft, hop, length):
 
 
 def test_cremad_spectrogram_of_a_known_tone(tmp_path):
-    """OGM-GE's CREMA-D transform: a 440 Hz tone at 16 kHz comes out [257, 188], its energy at bin 440 / (22050 / 512)."""
+    """OGM-GE's CREMA-D transform: a 440 Hz tone at 16 kHz comes out [257, 188], its energy at bin
+    440 / (22050 / 512)."""
     rate = 16000
     t = np.arange(rate) / rate
     write_wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), rate)

@@ -18,6 +18,8 @@ from mimo_ext.balance.recipes.frames import (
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
+
 def test_pick_frames_test_mode_takes_each_segments_middle():
     assert pick_frames(10, 3, False, random.Random(0)) == [1, 4, 7]  # segments 0-2, 3-5, 6-9
     assert pick_frames(1, 1, False, random.Random(0)) == [0]

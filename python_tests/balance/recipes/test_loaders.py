@@ -12,6 +12,8 @@ import torch
 from mimo_ext.balance.recipes import RECIPES, LayoutError
 from mimo_ext.balance.recipes.fixtures import ave_class_names, make_ave, make_avmnist, make_cremad, make_ks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
+
 SMALL = dict(image_size=16)
 
 
@@ -77,7 +79,10 @@ def _first_line_field(path, index):
 
 def _break_cremad_missing_clip(root):
     (root / "AudioWAV" / f"{_first_line_field(root / 'test.csv', 0)}.wav").unlink()
-    return r"AudioWAV/1019_DFA_NEU_XX\.wav: the audio file is missing \(clip '1019_DFA_NEU_XX', listed in .*test\.csv, line 1\)"
+    return (
+        r"AudioWAV/1019_DFA_NEU_XX\.wav: the audio file is missing "
+        r"\(clip '1019_DFA_NEU_XX', listed in .*test\.csv, line 1\)"
+    )
 
 
 def _break_cremad_truncated(root):
