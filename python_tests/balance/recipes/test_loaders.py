@@ -171,3 +171,22 @@ def test_skip_missing_mimics_the_public_loaders(tmp_path):
 def test_a_missing_root_folder_is_named(tmp_path):
     with pytest.raises(LayoutError, match=r"nowhere: the CREMA-D folder is missing"):
         load("cremad", tmp_path / "nowhere")
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
+    """The augmentation draws from (seed, epoch, index) and the order from the loader's generator: two workers load
+    exactly what the main process loads."""
+    from torch.utils.data import DataLoader
+
+    train, _ = load("cremad", make_cremad(tmp_path, train_per_class=1, test_per_class=1))
+    train.set_epoch(3)
+
+    def batches(workers):
+        loader = DataLoader(train, 4, shuffle=True, generator=torch.Generator().manual_seed(5), num_workers=workers)
+        return [(a, v, y) for (a, v), y in loader]
+
+    for (a0, v0, y0), (a2, v2, y2) in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a0, a2) and torch.equal(v0, v2) and torch.equal(y0, y2)
+    frames_at_3 = train[0][0][1]
+    train.set_epoch(4)
+    assert not torch.equal(train[0][0][1], frames_at_3)  # another epoch, another crop of the same clip

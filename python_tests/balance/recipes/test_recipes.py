@@ -105,3 +105,13 @@ def test_the_pipeline_learns_a_learnable_fixture(tmp_path):
     root = make_avmnist(tmp_path / "data", 40, 20)
     config = RunConfig.from_recipe(RECIPES["avmnist"], root, ["joint"], [0], epochs=6, batch_size=8, tiny=True)
     assert run_recipe(config)["joint"]["fused_acc"] >= 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recipe_on_cuda_with_amp(tmp_path):
+    root = make_avmnist(tmp_path / "data", 40, 20)
+    config = RunConfig.from_recipe(RECIPES["avmnist"], root, ["joint", "mimo", "mimo_fused"], [0], epochs=6,
+                                   batch_size=8, tiny=True, device="cuda", amp=True, workers=2)
+    results = run_recipe(config)
+    assert results["joint"]["fused_acc"] >= 0.9 and results["mimo"]["settings"]["amp"] == "bf16"
+    assert all(r["peak_memory_bytes"] > 0 for r in results.values())
