@@ -3,6 +3,7 @@ a checkpoint against an uninterrupted run, and the arguments refused before any 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -73,6 +74,20 @@ def test_resume_continues_where_the_interrupted_run_stopped(tmp_path):
         torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0)
 
 
+def test_runs_split_over_processes_assemble_into_one_table_without_training_again(tmp_path):
+    """docs/benchmarks.md's several-GPU recipe: each process trains its own methods into the same --out, then one
+    --resume call over them all trains nothing and reports what each process found."""
+    root = make_avmnist(tmp_path / "data", 30, 10)
+    out = tmp_path / "out"
+    config = RunConfig.from_recipe(RECIPES["avmnist"], root, ["joint"], [0], epochs=1, batch_size=8, tiny=True, out=out)
+    alone = {m: run_recipe(dataclasses.replace(config, methods=[m]))[m] for m in ("joint", "mimo")}
+    trained = []
+    together = run_recipe(dataclasses.replace(config, methods=["joint", "mimo"], resume=True), trained.append)
+    assert not [m for m in trained if "epoch" in m]
+    for m, result in alone.items():
+        assert together[m]["curves"] == result["curves"] and together[m]["head_acc"] == result["head_acc"]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -107,11 +122,12 @@ def test_the_pipeline_learns_a_learnable_fixture(tmp_path):
     assert run_recipe(config)["joint"]["fused_acc"] >= 0.9
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_recipe_on_cuda_with_amp(tmp_path):
+@pytest.mark.gpu_slow  # DataLoader workers and three trainings: after the fast tests on a GPU machine
+def test_recipe_on_cuda_with_amp(tmp_path, cuda_device):
+    """conftest's cuda_device: a visible skip without a GPU, a failure under MIMO_EXT_TEST_DEVICE=cuda."""
     root = make_avmnist(tmp_path / "data", 40, 20)
     config = RunConfig.from_recipe(RECIPES["avmnist"], root, ["joint", "mimo", "mimo_fused"], [0], epochs=6,
-                                   batch_size=8, tiny=True, device="cuda", amp=True, workers=2)
+                                   batch_size=8, tiny=True, device=cuda_device, amp=True, workers=2)
     results = run_recipe(config)
     assert results["joint"]["fused_acc"] >= 0.9 and results["mimo"]["settings"]["amp"] == "bf16"
     assert all(r["peak_memory_bytes"] > 0 for r in results.values())
