@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import resolve_group
+from .amp import set_step_unscales, step_unscales
 from .flat import bucket_parameters, is_dtensor
 from .objectives import HostState, describe
 
@@ -137,7 +138,8 @@ class Checkpointing:
 
     def __getstate__(self) -> dict:
         """torch.optim's (defaults, state, param_groups), plus what a copy needs to rebuild its flat buckets and step
-        on bit-identically: the diagnostics switch and the distributed setting (the step counts are in the state).
+        on bit-identically: the diagnostics switch, the distributed setting and the GradScaler setting (amp.py; the
+        step counts are in the state).
 
         torch.optim pickles no more than that; ours must also rebuild the buckets, which hold the parameters' and
         the state's storage, keep host flags and hooks on the parameters, and cannot be copied as they are: a copy
@@ -146,6 +148,7 @@ class Checkpointing:
         state[_COPY_KEY] = {
             "diagnostics": self.diagnostics,
             "distributed": _DistributedSetting(self._dist_group, *self._dist_args),
+            "step_unscales": step_unscales(self),
         }
         return state
 
@@ -170,6 +173,7 @@ class Checkpointing:
         self._host = HostState()
         self._lr_tensors = {}
         self.diagnostics = bool(extra["diagnostics"])
+        set_step_unscales(self, extra.get("step_unscales", True))  # the GradScaler setting (amp.py)
         self._buckets = []
         for group in self.param_groups:
             buckets = bucket_parameters(group["params"])
