@@ -1,6 +1,7 @@
 """The Hugging Face Trainer with the MIMO optimizers: bf16 with max_grad_norm clipping on the Trainer's own path,
 and the per-objective path through MIMOTrainer (accumulation, clipping of the blended gradient), each resumed from a
-checkpoint bit-identically to an uninterrupted run; and MIMOTrainer's per-objective step is the documented one."""
+checkpoint bit-identically to an uninterrupted run; MIMOTrainer's per-objective step is the documented one; and
+unwrap_optimizer reaches the optimizer through accelerate's wrapper."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Lightning with the MIMO optimizers: bf16-mixed with gradient_clip_val (MIMOCallback) and the per-objective path in
-manual optimization, each resumed from a checkpoint bit-identically to an uninterrupted run; and the callback's
-switch keeps a plain torch.amp.GradScaler user's results (the fused unscale in the step) unchanged."""
+"""Lightning with the MIMO optimizers: bf16-mixed with gradient_clip_val (MIMOCallback) trains as torch.optim.AdamW,
+and the per-objective path in manual optimization (through Lightning's optimizer wrapper) is the documented loop;
+each resumes from a checkpoint bit-identically to an uninterrupted run; and the callback's switch keeps a plain
+torch.amp.GradScaler user's results (the fused unscale in the step) unchanged."""
 
 from __future__ import annotations
 
@@ -60,6 +61,57 @@ def test_mixed_precision_clipping_is_refused_without_the_callback(docs, tmp_path
     )
     with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
         trainer.fit(docs["LitFusion"](), torch.utils.data.DataLoader(docs["data"], batch_size=16))
+
+
+def test_mixed_precision_clipping_steps_as_torch_adamw(docs):
+    """bf16-mixed with gradient_clip_val: MIMOAdamW (with the callback) trains as torch.optim.AdamW does."""
+    import mimo_ext
+
+    class Module(pl.LightningModule):
+        def __init__(self, make_optimizer):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net, self.make_optimizer = docs["TwoModalities"](), make_optimizer
+
+        def training_step(self, batch, batch_idx):
+            f0, f = self.net.losses(*batch)
+            return mimo_ext.mimo_loss(f0, f, gamma=1.0, mu=0.1)
+
+        def configure_optimizers(self):
+            return self.make_optimizer(self.parameters())
+
+    trained = []
+    for make in (lambda p: MIMOAdamW(p, lr=1e-2), lambda p: torch.optim.AdamW(p, lr=1e-2, foreach=False)):
+        module = Module(make)
+        trainer = pl.Trainer(
+            max_epochs=2, precision="bf16-mixed", gradient_clip_val=0.05, callbacks=[MIMOCallback()],
+            accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, torch.utils.data.DataLoader(docs["data"], batch_size=16))
+        trained.append(module)
+    for p, q in zip(trained[0].parameters(), trained[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_per_objective_step_through_lightnings_wrapper_is_the_documented_loop(docs):
+    """One manual-optimization step of the documented module equals opt.backward, opt.clip_grad_norm_, opt.step."""
+    torch.manual_seed(0)
+    module = docs["LitPerObjective"]()
+    twin = copy.deepcopy(module.net)
+    trainer = pl.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(docs["data"], batch_size=16))
+    opt = MIMOAdamW(twin.parameters(), lr=1e-2, gamma=1.0, mu=0.1)
+    audio, video, labels = docs["data"].tensors
+    f0, f = twin.losses(audio[:16], video[:16], labels[:16])
+    opt.backward(f0, f)
+    opt.clip_grad_norm_(1.0)
+    opt.step()
+    for (name, p), q in zip(module.net.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q), name
 
 
 def test_grad_scaler_results_are_the_same_with_the_switch_on_or_off():
