@@ -79,7 +79,8 @@ class MIMOTrainer(Trainer):
 
     def _get_grad_norm(self, model, grad_norm=None):
         if grad_norm is None and getattr(self, "_mimo_per_objective", False):
-            # The Trainer measures with clip_grad_norm_(..., inf), which writes .grad in place (a factor of 1).
+            # The Trainer measures (for its logs) with accelerate's clip_grad_norm_(..., inf): the norm of .grad, which
+            # is g0 alone on this path. The norm of the blended gradient the step uses instead (a factor of 1).
             grad_norm = unwrap_optimizer(self.optimizer).clip_grad_norm_(float("inf"))
         return super()._get_grad_norm(model, grad_norm=grad_norm)
 
