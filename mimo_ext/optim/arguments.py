@@ -63,8 +63,8 @@ def check_torch_flags(name: str, defaults: dict) -> None:
 
 
 # The two functions below are torch.optim.Adam's and SGD's constructor checks (torch 2.14), in their order and
-# wording, so that a bad argument raises what torch.optim raises (the comparisons are torch's too: e.g. a NaN lr
-# passes them, and is refused by check_scalar_or_tensor afterwards).
+# wording, so that a bad argument raises what torch.optim raises. The comparisons are torch's too: what they let
+# through (e.g. SGD's `lr < 0.0` a NaN lr) is refused by the per-group checks afterwards, with our messages.
 
 
 def _check_like_torch_adam(defaults: dict) -> None:
