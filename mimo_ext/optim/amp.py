@@ -12,7 +12,30 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["flag_non_finite", "rescale_stats", "scaler_unscaled", "unscale_factors"]
+__all__ = [
+    "flag_non_finite",
+    "rescale_stats",
+    "scaler_unscaled",
+    "set_step_unscales",
+    "step_unscales",
+    "unscale_factors",
+]
+
+
+def step_unscales(optimizer) -> bool:
+    """The optimizer's ``_step_supports_amp_scaling``: True (the default), GradScaler.step hands the step
+    ``grad_scale`` and ``found_inf`` and the step unscales in its fused pass (no pass of its own over ``.grad``);
+    False, GradScaler.step unscales ``.grad`` in place first (``scaler.unscale_``), as for torch.optim.AdamW.
+
+    Frameworks that clip between ``scaler.unscale_`` and ``scaler.step`` read True as "this optimizer unscales
+    internally, so clipping is impossible" (Lightning's mixed-precision plugins refuse ``gradient_clip_val`` then,
+    also under bf16 where no scaler exists); mimo_ext.integrations turns it off for them. Kept on the host state,
+    which wrappers that copy the optimizer's ``__dict__`` (Lightning's LightningOptimizer) share."""
+    return getattr(optimizer._host, "step_unscales", True)
+
+
+def set_step_unscales(optimizer, value: bool) -> None:
+    optimizer._host.step_unscales = bool(value)
 
 
 def unscale_factors(

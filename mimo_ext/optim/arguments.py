@@ -46,12 +46,69 @@ def check_floats(group: dict, names: tuple[str, ...]) -> None:
 
 
 def check_torch_flags(name: str, defaults: dict) -> None:
-    """torch.optim's constructor checks of foreach / fused / differentiable, before anything is built (torch.optim
-    raises them after the param groups were added, when ours would already have moved the parameters)."""
-    if defaults.get("differentiable", False):
-        raise ValueError(_differentiable_message(name))
+    """torch.optim's constructor checks, before the parameters are read and anything is built, with torch.optim's
+    exception types and messages: those of torch.optim.AdamW (a ``defaults`` with betas) or SGD (with momentum) on
+    the constructor's hyperparameters, then those of foreach / fused / differentiable. The stricter checks of every
+    param group (check_mimo_hyperparameters and each optimizer's own) follow when the groups are added."""
+    if "betas" in defaults:
+        _check_like_torch_adam(defaults)
+    elif "momentum" in defaults:
+        _check_like_torch_sgd(defaults)
+    if defaults.get("fused") and defaults.get("differentiable", False):
+        raise RuntimeError("`fused` does not support `differentiable`")  # torch.optim's error, word for word
     if defaults.get("fused") and defaults.get("foreach"):
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")  # torch.optim's error, word for word
+    if defaults.get("differentiable", False):
+        raise ValueError(_differentiable_message(name))
+
+
+# The two functions below are torch.optim.Adam's and SGD's constructor checks (torch 2.14), in their order and
+# wording, so that a bad argument raises what torch.optim raises. The comparisons are torch's too: what they let
+# through (e.g. SGD's `lr < 0.0` a NaN lr) is refused by the per-group checks afterwards, with our messages.
+
+
+def _check_like_torch_adam(defaults: dict) -> None:
+    lr, eps, betas, weight_decay = defaults["lr"], defaults["eps"], defaults["betas"], defaults["weight_decay"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        return  # torch.optim fails on it by accident (IndexError, TypeError); ours names it ("a pair of floats")
+    foreach, capturable = defaults.get("foreach"), defaults.get("capturable", False)
+    if isinstance(lr, torch.Tensor):
+        if foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    for i in (0, 1):
+        if not 0.0 <= betas[i] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    floats = isinstance(betas[0], float) and isinstance(betas[1], float)
+    if not (floats or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i in (0, 1):
+        if isinstance(betas[i], torch.Tensor):
+            if not capturable and foreach:
+                raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
+            if betas[i].numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+
+
+def _check_like_torch_sgd(defaults: dict) -> None:
+    lr, momentum, weight_decay = defaults["lr"], defaults["momentum"], defaults["weight_decay"]
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if momentum < 0.0:
+        raise ValueError(f"Invalid momentum value: {momentum}")
+    if weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if defaults["nesterov"] and (momentum <= 0 or defaults["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
 
 def _differentiable_message(name: str) -> str:

@@ -61,7 +61,7 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     (objectives.py) and checkpoints and copies (checkpoint.py) are mixins; loss scaling is in amp.py."""
 
     # torch.amp.GradScaler then hands over `grad_scale` and `found_inf` instead of unscaling .grad itself.
-    _step_supports_amp_scaling = True
+    _step_supports_amp_scaling = property(amp.step_unscales, amp.set_step_unscales)
     # torch.optim's param-group keys that a checkpoint may lack (older torch, older mimo_ext), with the value
     # torch.optim's __setstate__ gives a group that lacks them; and the keys it sets whatever was loaded.
     _torch_group_defaults: dict = {}

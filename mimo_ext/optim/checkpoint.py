@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import resolve_group
+from .amp import set_step_unscales, step_unscales
 from .flat import bucket_parameters, is_dtensor
 from .objectives import HostState, describe
 
@@ -35,11 +36,9 @@ class Checkpointing:
             for bucket in buckets:
                 for p, count in zip(bucket.params, bucket.steps.values(), strict=True):
                     counts[id(p)] = count
-        ids = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
-        index_to_count = {ids[key]: value for key, value in counts.items()}
+        index_to_count = {index: counts[key] for key, index in _torch_param_indices(self.param_groups).items()}
         state_dict["state"] = {
-            index: {**entries, "step": index_to_count[index]} if "step" in entries else dict(entries)
-            for index, entries in state_dict["state"].items()
+            index: _with_count(entries, index_to_count.get(index)) for index, entries in state_dict["state"].items()
         }
         return state_dict
 
@@ -88,7 +87,8 @@ class Checkpointing:
                     f"{name}: state_dict's param_groups[{g}] holds {len(saved['params'])} parameters, this optimizer's "
                     f"{len(group['params'])}"
                 )
-            optional = ("gamma", "mu", *self._torch_group_defaults, *self._torch_group_forced)
+            optional = ("gamma", "mu", *_TORCH_SETSTATE_DEFAULTS, *self._torch_group_defaults)
+            optional += tuple(self._torch_group_forced)
             missing = [key for key in self.defaults if key not in saved and key not in optional]
             if missing:
                 raise ValueError(
@@ -96,6 +96,11 @@ class Checkpointing:
                     "another optimizer"
                 )
             merged = {**saved, "params": group["params"]}
+            # Keys newer than the checkpoint's torch.optim (maximize, amsgrad, nesterov, ...) get the value that
+            # torch.optim's __setstate__ gives them, as torch.optim.AdamW / SGD load such a checkpoint.
+            for key, value in _TORCH_SETSTATE_DEFAULTS.items():
+                if key in self.defaults:
+                    merged.setdefault(key, value)
             merged.setdefault("gamma", group["gamma"])
             merged.setdefault("mu", group["mu"])
             # torch.optim's keys that change nothing in our step (foreach, fused, capturable, ...): a checkpoint of an
@@ -133,7 +138,8 @@ class Checkpointing:
 
     def __getstate__(self) -> dict:
         """torch.optim's (defaults, state, param_groups), plus what a copy needs to rebuild its flat buckets and step
-        on bit-identically: the diagnostics switch and the distributed setting (the step counts are in the state).
+        on bit-identically: the diagnostics switch, the distributed setting and the GradScaler setting (amp.py; the
+        step counts are in the state).
 
         torch.optim pickles no more than that; ours must also rebuild the buckets, which hold the parameters' and
         the state's storage, keep host flags and hooks on the parameters, and cannot be copied as they are: a copy
@@ -142,6 +148,7 @@ class Checkpointing:
         state[_COPY_KEY] = {
             "diagnostics": self.diagnostics,
             "distributed": _DistributedSetting(self._dist_group, *self._dist_args),
+            "step_unscales": step_unscales(self),
         }
         return state
 
@@ -166,6 +173,7 @@ class Checkpointing:
         self._host = HostState()
         self._lr_tensors = {}
         self.diagnostics = bool(extra["diagnostics"])
+        set_step_unscales(self, extra.get("step_unscales", True))  # the GradScaler setting (amp.py)
         self._buckets = []
         for group in self.param_groups:
             buckets = bucket_parameters(group["params"])
@@ -194,6 +202,31 @@ _FLAGS_KEY = "mimo_step_flags"
 _COPY_KEY = "_mimo_copy"
 # Attributes of MIMOOptimizer.__init__ besides torch.optim's, shared by a shallow copy.
 _HOST_ATTRIBUTES = ("_dist_group", "_dist_args", "_buckets", "_host", "_lr_tensors", "diagnostics")
+
+
+# The algorithm keys torch.optim.AdamW's and SGD's __setstate__ fill in a loaded group that lacks them (they were added
+# to torch.optim after its first release), with torch's values; each applies where the optimizer has the key.
+_TORCH_SETSTATE_DEFAULTS = {"amsgrad": False, "maximize": False, "nesterov": False}
+
+
+def _torch_param_indices(param_groups: list[dict]) -> dict[int, int]:
+    """``id(parameter) -> index`` as torch.optim's state_dict numbers the parameters: in group order, a parameter
+    listed again (``param_groups.extend(param_groups)``) keeping the index of its first occurrence."""
+    indices: dict[int, int] = {}
+    start = 0
+    for group in param_groups:
+        for i, p in enumerate(group["params"], start):
+            indices.setdefault(id(p), i)
+        start += len(group["params"])
+    return indices
+
+
+def _with_count(entries, count: torch.Tensor | None):
+    """A packed state entry with this optimizer's step count in place of the shared one. An entry torch.optim packs
+    that is not a parameter's (a key a hook put in ``opt.state``, kept as torch.optim keeps it) is left as it is."""
+    if count is None or not isinstance(entries, dict):
+        return entries
+    return {**entries, "step": count} if "step" in entries else dict(entries)
 
 
 def _is_state_of(value, param: torch.Tensor) -> bool:
