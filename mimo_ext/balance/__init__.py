@@ -8,7 +8,19 @@ The main command ``python -m mimo_ext.balance`` runs every method on mfeat (pix 
 
 from .compare import DEFAULT_METHODS, compare
 from .data import load_av_digits, load_diabetes
-from .methods import METHODS, BalanceMethod, BatchOutputs, StepTimes, make_method
+from .methods import (
+    METHODS,
+    BalanceMethod,
+    BatchOutputs,
+    MethodSpec,
+    ObjectiveGradients,
+    PhaseTimer,
+    StepTimes,
+    combine_by_gram,
+    forward_batch,
+    make_method,
+    objective_gradients,
+)
 from .sweep import pareto_front, sweep
 
 __all__ = [
@@ -16,11 +28,17 @@ __all__ = [
     "METHODS",
     "BalanceMethod",
     "BatchOutputs",
+    "MethodSpec",
+    "ObjectiveGradients",
+    "PhaseTimer",
     "StepTimes",
+    "combine_by_gram",
     "compare",
+    "forward_batch",
     "load_av_digits",
     "load_diabetes",
     "make_method",
+    "objective_gradients",
     "pareto_front",
     "sweep",
 ]
