@@ -32,7 +32,7 @@ from ..datasets import stratified_split, train_test_split
 from ..models import FUSIONS, attention_fusion_for, early_fusion_for, late_fusion_for
 from .evaluation import LOWER_IS_BETTER, METRICS, evaluate_model, probe_accuracies, standardize_like
 from .methods.base import BalanceMethod, forward_batch
-from .methods.spec import MethodLike, MethodSpec, as_spec
+from .methods.spec import MethodLike, MethodSpec, as_spec, registered_methods
 from .robustness import DEFAULT_NOISE_LEVELS, check_levels, perturbation_curves, summarise_robustness
 
 __all__ = ["DEFAULT_METHODS", "compare", "prepare_split"]
@@ -763,6 +763,13 @@ def _method_specs(methods: Sequence[MethodLike], method_options: dict[str, dict]
     built once to be checked: an unknown name, a bad path or a bad option fails before any method trains."""
     if isinstance(methods, (str, MethodSpec, BalanceMethod, type)):
         raise TypeError(f"methods must be a list of methods, got {methods!r:.80}")
+    registered = registered_methods()
+    unknown = [m for m in methods if isinstance(m, str) and m not in registered and not set(m) & set(".:")]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; choose from {sorted(registered)}, or give a class, an instance or a "
+            "dotted path 'pkg.module:Class'"
+        )
     specs = []
     for entry in methods:
         key = entry.label if isinstance(entry, MethodSpec) else entry if isinstance(entry, str) else None
