@@ -1,7 +1,8 @@
 """Balanced multi-modal training: the balancing methods of the field behind one interface, real offline data,
 :func:`compare`, which trains one model (late, early or attention fusion; classification or regression; complete
 or with missing modalities) with each method under identical settings, and :func:`sweep`, which runs one method
-over a grid of its options (:func:`pareto_front` picks the settings worth keeping).
+over a grid of its options (:func:`pareto_front` picks the settings worth keeping). Any :class:`BalanceMethod` of
+the user's (a class, an instance, a dotted path or a :class:`MethodSpec`) runs beside the registered ones.
 
 The main command ``python -m mimo_ext.balance`` runs every method on mfeat (pix + fou) and AV-digits-mini.
 """

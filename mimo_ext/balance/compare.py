@@ -1,6 +1,7 @@
 """``compare``: train the same model (late, early or attention fusion) with several balancing methods under
 identical settings and report accuracy (fused, per modality masked, per uni-modal head and per linear probe where
-the model has them; R^2 and MAE for regression), time per step (forward, backward, weighting subroutine, optimizer
+the model has them; R^2 and MAE for regression), reliability with one modality perturbed at test time
+(:mod:`.robustness`), time per step (forward, backward, weighting subroutine, optimizer
 step) and peak memory, as means over seeds.
 
 Identical settings for every method: the same split, preprocessing (per-feature standardisation with the training
