@@ -9,10 +9,25 @@ from ._library import load as _load
 
 _load()
 
-from . import optim  # noqa: E402
+from . import optim, schedules  # noqa: E402
 from .masking import masked_losses  # noqa: E402
 from .objective import DEFAULT_MU, SmoothMax, mimo_loss  # noqa: E402
 from .ops import blend, blend_, smooth_max  # noqa: E402
+from .schedules import ConstantPenalty, IncreasingPenalty, PenaltySchedule, WarmupPenalty  # noqa: E402
 
-__all__ = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "masked_losses", "mimo_loss", "optim", "smooth_max"]
+__all__ = [
+    "DEFAULT_MU",
+    "ConstantPenalty",
+    "IncreasingPenalty",
+    "PenaltySchedule",
+    "SmoothMax",
+    "WarmupPenalty",
+    "blend",
+    "blend_",
+    "masked_losses",
+    "mimo_loss",
+    "optim",
+    "schedules",
+    "smooth_max",
+]
 __version__ = "0.1.0"

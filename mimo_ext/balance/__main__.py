@@ -34,8 +34,20 @@ from ..datasets import MFEAT_VIEWS, drop_rows, load_mfeat
 from ..models import FUSIONS
 from .compare import DEFAULT_METHODS, REGRESSION_LOSSES, compare, repeated_values
 from .data import DIABETES_MODALITIES, load_av_digits, load_diabetes
-from .methods import METHODS, make_method
-from .report import format_sweep_table, format_table, machine_info, plot, plot_sweep, write_json
+from .methods import METHODS
+from .methods.spec import MethodSpec, parse_method_argument
+from .report import (
+    format_robustness_table,
+    sweep_worst_key,
+    format_sweep_table,
+    format_table,
+    machine_info,
+    plot,
+    plot_robustness,
+    plot_sweep,
+    write_json,
+)
+from .robustness import DEFAULT_NOISE_LEVELS, check_levels
 from .sweep import pareto_front, sweep
 
 # AV-digits-noisy's audio noise, in units of each standardised MFCC coefficient's std: at 2.0 a logistic regression
@@ -142,17 +154,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _sweep_axis(text: str) -> tuple[str, list[float]]:
+def _sweep_axis(text: str) -> tuple[str, list]:
     """``"gamma=0.5,1,2"`` -> ``("gamma", [0.5, 1.0, 2.0])``."""
     key, sep, values = text.partition("=")
     if not sep or not key.isidentifier() or not values:
         raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,... (e.g. gamma=0.5,1,2), got {text!r}")
-    parsed = []
+    parsed: list = []
     for v in values.split(","):
         try:
             number = float(v)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{key}: {v!r} is not a number (in {text!r})") from None
+            if not v.isidentifier():  # a name, such as a schedule's (schedule=constant,increasing)
+                raise argparse.ArgumentTypeError(f"{key}: {v!r} is neither a number nor a name (in {text!r})") from None
+            parsed.append(v)
+            continue
         if not math.isfinite(number):
             raise argparse.ArgumentTypeError(f"{key}: {v!r} is not finite (in {text!r})")
         parsed.append(number)
@@ -173,6 +188,24 @@ def _missing_item(text: str) -> tuple[str, float]:
     if not 0 <= fraction < 1:
         raise argparse.ArgumentTypeError(f"{name}: the fraction must be in [0, 1), got {value}")
     return name, fraction
+
+
+def _method_argument(text: str) -> MethodSpec:
+    """A method of --methods / --sweep-method (:func:`~.methods.spec.parse_method_argument`), built once so that
+    an unknown name, a bad path or a bad option is an argparse error naming it."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `python -m` puts the current folder first; a console script may not
+    try:
+        spec = parse_method_argument(text)
+        spec.build()
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
+
+
+def _as_compare_methods(specs: Sequence[MethodSpec]) -> list:
+    """The methods as compare takes them: a registered name given alone as its name, anything else as its spec."""
+    return [s.method if s.label == s.method and not s.options else s for s in specs]
 
 
 def _check_writable(folder: Path) -> str | None:
@@ -227,10 +260,13 @@ def _parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=None,
-        choices=sorted(METHODS),
+        type=_method_argument,
         metavar="METHOD",
-        help=f"balancing methods, any of {', '.join(sorted(METHODS))} (default: {' '.join(DEFAULT_METHODS)}; "
-        f"with --sweep, the methods to compare the sweep with, default: {' '.join(SWEEP_BASELINES)})",
+        help=f"balancing methods, any of {', '.join(sorted(METHODS))}, or your own BalanceMethod subclass by dotted "
+        "path (pkg.mod:Class or pkg.mod.Class, importable from the current directory); each optionally with options, "
+        "NAME@key=value,key=value (e.g. mimo@gamma=2,schedule=increasing), so one method may appear several times "
+        f"with different options (default: {' '.join(DEFAULT_METHODS)}; with --sweep, the methods to compare the "
+        f"sweep with, default: {' '.join(SWEEP_BASELINES)})",
     )
     p.add_argument(
         "--fusion",
@@ -276,6 +312,17 @@ def _parser() -> argparse.ArgumentParser:
         "tiny op: on a busy two-core machine that made a training step tens of times slower than one thread)",
     )
     p.add_argument(
+        "--noise-levels",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_NOISE_LEVELS),
+        metavar="LEVEL",
+        help="reliability under a perturbed sensor: after training, each modality in turn gets Gaussian noise of "
+        "these levels x each feature's training std (seeded), and is dropped; tables, JSON and robustness.png "
+        f"(default: {' '.join(map(str, DEFAULT_NOISE_LEVELS))})",
+    )
+    p.add_argument("--no-robustness", action="store_true", help="skip that evaluation")
+    p.add_argument(
         "--sweep",
         nargs="+",
         type=_sweep_axis,
@@ -286,9 +333,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep-method",
         default=None,
-        choices=sorted(METHODS),
+        type=_method_argument,
         metavar="METHOD",
-        help="the method whose options --sweep varies (default: mimo)",
+        help="the method whose options --sweep varies, as in --methods (default: mimo)",
     )
     return p
 
@@ -298,11 +345,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p = _parser()
     args = p.parse_args(argv)
     if args.methods is None:
-        args.methods = list(SWEEP_BASELINES if args.sweep else DEFAULT_METHODS)
+        args.methods = [MethodSpec(m) for m in (SWEEP_BASELINES if args.sweep else DEFAULT_METHODS)]
     for option, values in (
         ("--datasets", args.datasets),
         ("--views", args.views),
-        ("--methods", args.methods),
+        ("--methods", [m.label for m in args.methods]),
         ("--seeds", args.seeds),
     ):
         dup = repeated_values(values)
@@ -324,10 +371,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
             f"{' '.join(unknown)} (they have: {' '.join(sorted(known))})"
         )
     args.missing = dict(args.missing)
+    try:
+        args.noise_levels = None if args.no_robustness else list(check_levels(args.noise_levels))
+    except ValueError as e:
+        p.error(f"argument --noise-levels: {e}")
     if args.sweep:
-        if args.fusion != ["late"] or args.missing or REGRESSION_DATASETS.intersection(args.datasets):
-            p.error("argument --sweep: runs on late fusion, classification data sets and complete data only")
-        args.sweep_method = args.sweep_method or "mimo"
+        if args.missing or REGRESSION_DATASETS.intersection(args.datasets):
+            p.error("argument --sweep: runs on classification data sets and complete data only")
+        args.sweep_method = args.sweep_method or MethodSpec("mimo")
         keys = [k for k, _ in args.sweep]
         dup = repeated_values(keys)
         if dup:
@@ -337,9 +388,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argpars
         for combo in itertools.product(*grid.values()):
             options = dict(zip(grid, combo, strict=True))
             try:
-                make_method(args.sweep_method, **options)
+                args.sweep_method.build(**options)
             except (TypeError, ValueError) as e:
-                p.error(f"argument --sweep: {args.sweep_method} does not accept {options}: {e}")
+                p.error(f"argument --sweep: {args.sweep_method.label} does not accept {options}: {e}")
     elif args.sweep_method is not None:
         p.error("argument --sweep-method: only meaningful with --sweep")
     problem = _check_writable(args.out)
@@ -380,7 +431,7 @@ def _run_compare(args, loaded, progress: Callable[[str, str], None]) -> int:
             results = compare(
                 d["xs"],
                 d["y"],
-                args.methods,
+                _as_compare_methods(args.methods),
                 args.seeds,
                 args.epochs,
                 fusion=fusion,
@@ -391,10 +442,14 @@ def _run_compare(args, loaded, progress: Callable[[str, str], None]) -> int:
                 regression_loss=args.regression_loss,
                 batch_size=args.batch_size,
                 lr=args.lr,
+                robustness_levels=args.noise_levels,
                 progress=lambda msg, d=dataset, f=fusion: progress(d if f == "late" else f"{d} {f}", msg),
             )
             report[title] = dict(modalities=d["names"], fusion=fusion, task=d["task"], results=results)
             tables.append(format_table(title, d["names"], results))
+            robustness = format_robustness_table(title, d["names"], results)
+            if robustness:
+                tables.append(robustness)
     print()
     for table in tables:
         print(table + "\n")
@@ -402,10 +457,11 @@ def _run_compare(args, loaded, progress: Callable[[str, str], None]) -> int:
         args.out / "balance.json",
         dict(machine=machine_info(), args=_args_json(args), datasets=report),
     )
-    drew = plot(args.out / "balance.png", report)
+    drawers = ((args.out / "balance.png", plot), (args.out / "robustness.png", plot_robustness))
+    figures = [path for path, draw in drawers if draw(path, report)]
     print(
         f"wrote {args.out / 'balance.json'}"
-        + (f" and {args.out / 'balance.png'}" if drew else " (no figure: matplotlib is not installed)")
+        + (f" and {', '.join(map(str, figures))}" if figures else " (no figure: matplotlib is not installed)")
     )
     return 0
 
@@ -416,40 +472,47 @@ def _run_sweep(args, loaded, progress: Callable[[str, str], None]) -> int:
     tables, figures = [], []
     for dataset, d in loaded.items():
         names, xs, y = d["names"], d["xs"], d["y"]
-        options = dict(test=d["test"], batch_size=args.batch_size, lr=args.lr)
-        points = sweep(
-            xs,
-            y,
-            method=args.sweep_method,
-            grid=grid,
-            seeds=args.seeds,
-            epochs=args.epochs,
-            progress=lambda msg, d=dataset: progress(d, f"{args.sweep_method} sweep: {msg}"),
-            **options,
-        )
-        baselines = compare(
-            xs,
-            y,
-            args.methods,
-            args.seeds,
-            args.epochs,
-            progress=lambda msg, d=dataset: progress(d, msg),
-            **options,
-        )
-        front = pareto_front(points, x="worst_probe_acc", y="fused_acc")
-        title = f"{_title(dataset, names)}: {args.sweep_method} over {' x '.join(grid)}"
-        report[_title(dataset, names)] = dict(
-            modalities=names,
-            method=args.sweep_method,
-            grid=grid,
-            points=points,
-            front=[p["params"] for p in front],
-            baselines=baselines,
-        )
-        tables.append(format_sweep_table(title, points, front, baselines))
-        path = args.out / f"sweep_{dataset}.png"
-        if plot_sweep(path, title, points, front, baselines):
-            figures.append(path)
+        for fusion in args.fusion:
+            options = dict(
+                test=d["test"],
+                batch_size=args.batch_size,
+                lr=args.lr,
+                robustness_levels=args.noise_levels,
+                fusion=fusion,
+            )
+            # The sweep's points and the comparison methods in one interleaved call: their times compare.
+            everything = sweep(
+                xs,
+                y,
+                method=args.sweep_method,
+                grid=grid,
+                seeds=args.seeds,
+                epochs=args.epochs,
+                baselines=_as_compare_methods(args.methods),
+                progress=lambda msg, d=dataset, f=fusion: progress(d if f == "late" else f"{d} {f}", msg),
+                **options,
+            )
+            points = [p for p in everything if not p.get("baseline")]
+            baselines = {p["method"]: p for p in everything if p.get("baseline")}
+            worst = sweep_worst_key(points)
+            front = pareto_front(points, x=worst, y="fused_acc")
+            name = _title(dataset, names, fusion)
+            title = f"{name}: {args.sweep_method.label} over {' x '.join(grid)}"
+            report[name] = dict(
+                modalities=names,
+                fusion=fusion,
+                method=args.sweep_method.label,
+                grid=grid,
+                points=points,
+                front=[p["params"] for p in front],
+                front_measures=[worst, "fused_acc"],
+                baselines=baselines,
+            )
+            tables.append(format_sweep_table(title, points, front, baselines))
+            suffix = "" if fusion == "late" else f"_{fusion}"
+            path = args.out / f"sweep_{dataset}{suffix}.png"
+            if plot_sweep(path, title, points, front, baselines, x_key=worst):
+                figures.append(path)
     print()
     for table in tables:
         print(table + "\n")
@@ -462,7 +525,9 @@ def _run_sweep(args, loaded, progress: Callable[[str, str], None]) -> int:
 
 
 def _args_json(args: argparse.Namespace) -> dict:
-    out = vars(args) | {"out": str(args.out)}
+    out = vars(args) | {"out": str(args.out), "methods": [m.label for m in args.methods]}
+    if args.sweep_method is not None:
+        out["sweep_method"] = args.sweep_method.label
     if args.sweep:
         out["sweep"] = dict(args.sweep)
     return out
@@ -475,8 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     loaded = _load_all(p, args)
 
-    runs_per_dataset = len(args.methods) * len(args.fusion)
-    runs_per_dataset += math.prod(len(v) for _, v in args.sweep) if args.sweep else 0
+    points = math.prod(len(v) for _, v in args.sweep) if args.sweep else 0
+    runs_per_dataset = (len(args.methods) + points) * len(args.fusion)
     bar = ProgressBar(len(args.datasets) * runs_per_dataset * len(args.seeds))
 
     def progress(dataset: str, message: str) -> None:

@@ -1,6 +1,7 @@
 """``compare``: train the same model (late, early or attention fusion) with several balancing methods under
 identical settings and report accuracy (fused, per modality masked, per uni-modal head and per linear probe where
-the model has them; R^2 and MAE for regression), time per step (forward, backward, weighting subroutine, optimizer
+the model has them; R^2 and MAE for regression), reliability with one modality perturbed at test time
+(:mod:`.robustness`), time per step (forward, backward, weighting subroutine, optimizer
 step) and peak memory, as means over seeds.
 
 Identical settings for every method: the same split, preprocessing (per-feature standardisation with the training
@@ -30,10 +31,10 @@ from torch import nn
 
 from ..datasets import stratified_split, train_test_split
 from ..models import FUSIONS, attention_fusion_for, early_fusion_for, late_fusion_for
-from ..optim import MIMOAdamW
 from .evaluation import LOWER_IS_BETTER, METRICS, evaluate_model, probe_accuracies, standardize_like
-from .methods import METHODS, make_method
-from .methods.base import forward_batch
+from .methods.base import BalanceMethod, forward_batch
+from .methods.spec import MethodLike, MethodSpec, as_spec, registered_methods
+from .robustness import DEFAULT_NOISE_LEVELS, check_levels, perturbation_curves, summarise_robustness
 
 __all__ = ["DEFAULT_METHODS", "compare", "prepare_split"]
 
@@ -351,18 +352,13 @@ def _peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
     return int(peak)
 
 
-def _make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, options: dict):
-    if name == "mimo_fused":
-        return MIMOAdamW(
-            model.parameters(),
-            lr=lr,
-            weight_decay=weight_decay,
-            gamma=options.get("gamma", 1.0),
-            **({"mu": options["mu"]} if "mu" in options else {}),
-        )
+def _make_optimizer(method: BalanceMethod, model: nn.Module, lr: float, weight_decay: float):
+    params = list(model.parameters())
+    own = method.make_optimizer(params, lr, weight_decay)
+    if own is not None:
+        return own
     # fused=True: torch's one-kernel AdamW (CPU and CUDA), the fastest stock form; the default for-loop form costs
     # a few Python-level ops per parameter tensor, time that every method would pay alike.
-    params = list(model.parameters())
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
@@ -416,6 +412,7 @@ class _Data:
     train_present: list[torch.Tensor] | None = None
     test_present: list[torch.Tensor] | None = None
     target_std: torch.Tensor | None = None
+    train_std: list[torch.Tensor] | None = None
 
 
 @dataclasses.dataclass
@@ -430,6 +427,8 @@ class _Build:
     epochs: int
     probe_steps: int
     fusion: str = "late"
+    robustness_levels: tuple[float, ...] | None = None
+    noise_seed: int = 0
 
 
 def _model(build: _Build, data: _Data) -> nn.Module:
@@ -440,27 +439,25 @@ def _model(build: _Build, data: _Data) -> nn.Module:
     return builder(data.train_x, data.classes, encoders, build.feature_dim)
 
 
+def _on_test_set(data: _Data) -> dict:
+    """How the test set is scored: the task, its masks, the fill and the targets' scale (regression)."""
+    return dict(task=data.task, present=data.test_present, fill=data.fill, scale=data.target_std)
+
+
 def _evaluate(model: nn.Module, data: _Data) -> dict:
-    return evaluate_model(
-        model,
-        data.test_x,
-        data.test_y,
-        task=data.task,
-        present=data.test_present,
-        fill=data.fill,
-        scale=data.target_std,
-    )
+    return evaluate_model(model, data.test_x, data.test_y, **_on_test_set(data))
 
 
-def _run(name: str, seed: int, options: dict, data: _Data, build: _Build, measure_memory: bool) -> dict:
+def _run(spec: MethodSpec, seed: int, data: _Data, build: _Build, measure_memory: bool) -> dict:
     """One method trained from one seed: its metrics, curves, step times and (if asked) peak step memory."""
     # Everything random in the run draws from this seed (init, method randomness) or from `order` (batches), so
     # the run's numbers do not depend on which runs came before it.
     torch.manual_seed(seed)
     device, n = data.device, len(data.train_y)
     model = _model(build, data).to(device)
-    method = make_method(name, **options)
-    optimizer = _make_optimizer(name, model, build.lr, build.weight_decay, options)
+    method = spec.build()
+    optimizer = _make_optimizer(method, model, build.lr, build.weight_decay)
+    method.start(optimizer, build.epochs * -(-n // build.batch_size))
     order = torch.Generator().manual_seed(seed)
     timer = _Timer()
     curves = []
@@ -488,6 +485,17 @@ def _run(name: str, seed: int, options: dict, data: _Data, build: _Build, measur
             train_present=data.train_present,
             test_present=data.test_present,
         )
+    robustness = None
+    if build.robustness_levels is not None:
+        robustness = perturbation_curves(
+            model,
+            data.test_x,
+            data.test_y,
+            stds=data.train_std,
+            levels=build.robustness_levels,
+            noise_seed=build.noise_seed,
+            **_on_test_set(data),
+        )
     peak = None
     if measure_memory:
         first = torch.arange(min(build.batch_size, n), device=device)
@@ -496,13 +504,13 @@ def _run(name: str, seed: int, options: dict, data: _Data, build: _Build, measur
             _train_step, model, method, optimizer, *batch, device, None, rows(data.train_present, first), data
         )
         peak = _peak_step_memory(step, device)
-    return dict(seed=seed, metrics=metrics, probes=probes, timer=timer, curves=curves, peak=peak)
+    return dict(seed=seed, metrics=metrics, probes=probes, timer=timer, curves=curves, peak=peak, robustness=robustness)
 
 
 def compare(
     modalities: Sequence[torch.Tensor | np.ndarray],
     labels: torch.Tensor | np.ndarray,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[MethodLike] = DEFAULT_METHODS,
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
     *,
@@ -526,6 +534,8 @@ def compare(
     measure_memory: bool = True,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    robustness_levels: Sequence[float] | None = DEFAULT_NOISE_LEVELS,
+    noise_seed: int = 0,
 ) -> dict[str, dict]:
     """Trains a model of the given fusion with each method and seed under identical settings and reports the
     results.
@@ -554,7 +564,14 @@ def compare(
             ``encoders`` is given (early fusion flattens each sample and concatenates them).
         labels: ``[N]`` integer class labels in ``[0, num_classes)`` (tensor or numpy array); for regression
             ``[N]`` or ``[N, T]`` real targets.
-        methods: names from :data:`mimo_ext.balance.methods.METHODS`, each at most once.
+        methods: each a name from :data:`mimo_ext.balance.methods.METHODS`, the user's own
+            :class:`~mimo_ext.balance.BalanceMethod` subclass (built per run) or instance (deep-copied per run), a
+            dotted path to one (``"pkg.mod:Class"`` or ``"pkg.mod.Class"``), or a
+            :class:`~mimo_ext.balance.MethodSpec` (any of these with options and a label). Results are keyed by label
+            (a name's is the name; a class's its ``name`` attribute or class name); labels must be distinct, so the
+            same method runs several times, interleaved, as specs with different options, e.g.
+            ``[MethodSpec("mimo", {"gamma": 0.5}), MethodSpec("mimo", {"gamma": 2})]`` (labels ``"mimo gamma=0.5"``
+            and ``"mimo gamma=2"``).
         seeds: one training run per seed and method (initialisation, batch order, method randomness).
         epochs: passes over the training split.
         fusion: ``"late"`` (:func:`~mimo_ext.models.late_fusion_for`), ``"early"``
@@ -574,14 +591,20 @@ def compare(
         num_classes: default ``labels.max() + 1`` (classification only).
         encoders: a factory returning fresh encoder modules (one per modality, each ending in ``feature_dim``
             features), called once per run; late and attention fusion (early fusion has one network).
-        method_options: per method name, keyword options for it (e.g. ``{"mimo": {"mu": 0.05}}``).
+        method_options: per method label (a plain name is its own label), keyword options for it (e.g.
+            ``{"mimo": {"mu": 0.05}}``), over a spec's own options; a key that is no method's label or name is
+            refused.
         regression_loss: ``"mse"`` (default) or ``"huber"`` (delta 1, on the standardised targets).
         fill: the value that stands in for missing and masked modalities (0: the training mean of every feature).
         measure_memory: measure each method's peak memory on one extra step after its first seed.
         progress: called with a short line after each run (the main command draws its progress bar with it).
+        robustness_levels: noise levels, in units of each feature's training standard deviation, at which each
+            trained model is tested with one modality perturbed (:mod:`mimo_ext.balance.robustness`; default
+            :data:`~mimo_ext.balance.robustness.DEFAULT_NOISE_LEVELS`, 0 to 2); None skips the evaluation.
+        noise_seed: the seed of that noise (the same noise for every method and seed: paired, deterministic).
 
     Returns:
-        A dict keyed by method name, in the order of ``methods``. Each entry holds, with ``acc`` standing for each
+        A dict keyed by method label, in the order of ``methods``. Each entry holds, with ``acc`` standing for each
         metric of the task (classification ``acc``; regression ``r2`` and ``mae``, each with the same keys):
 
         - ``fused_acc``, ``fused_acc_std``: fused test accuracy, mean and sample standard deviation over seeds
@@ -600,8 +623,14 @@ def compare(
         - ``peak_memory_bytes``: one step, above the memory held before it; None when not measured.
         - ``curves``: per epoch, means over seeds of the task's first metric (accuracy, R^2): ``fused``, and per
           modality ``masked`` and (late fusion) ``head``.
+        - ``robustness`` (None with ``robustness_levels=None``): reliability under a perturbed sensor
+          (:func:`~mimo_ext.balance.robustness.summarise_robustness`): ``levels``; per modality (``modalities``,
+          in input order) the levels, the metric at each (``acc``, ``acc_std``; regression ``r2`` and ``mae``), with
+          the modality dropped (``dropped_acc``) and the area under the curve (``auc_acc``, the curve's mean
+          height); and ``worst``: per run the worst over modalities (per level, area, dropped), then mean and std.
+          The dropped modality is filled with ``fill``, as for ``masked_acc`` (see the note there on late fusion).
         - ``per_seed``: per run ``seed``, every ``fused_*``, ``masked_*``, ``head_*``, ``worst_*`` and
-          ``probe_acc`` value, and ``step_time_s``.
+          ``probe_acc`` value, ``step_time_s`` and ``robustness`` (that run's curves).
         - ``settings``: everything that was held equal (optimizer, lr, epochs, split, ``fusion``, ``task``, ...,
           with masks ``present_rows``: per side the rows that have each modality, and the rows in all), the
           method's ``method_options``, and what the times were measured under, the same for every method:
@@ -625,24 +654,19 @@ def compare(
     )
     if converted:
         warnings.warn(converted, stacklevel=2)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
-    duplicates = repeated_values(methods)
-    if duplicates:
-        raise ValueError(f"duplicate method name(s) {duplicates}: each method must be listed once")
     if not methods or not seeds:
         raise ValueError("methods and seeds must not be empty")
     duplicates = repeated_values(seeds)
     if duplicates:
         raise ValueError(f"duplicate seed(s) {duplicates}: each seed must be listed once")
+    levels = check_levels(robustness_levels) if robustness_levels is not None else None
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     if task == "regression":
         classes = labels.shape[1]
     else:
         classes = num_classes if num_classes is not None else int(labels.max()) + 1
-    method_options = method_options or {}
+    specs = _method_specs(methods, method_options or {})
     device = torch.device(device)
     prepared = _prepare(
         modalities,
@@ -672,6 +696,7 @@ def compare(
         train_present=on_device(prepared.train_present),
         test_present=on_device(prepared.test_present),
         target_std=None if prepared.target_std is None else prepared.target_std.to(device),
+        train_std=_feature_stds(prepared.train[0], prepared.train_present),
     )
     settings = dict(
         optimizer="AdamW, fused=True (mimo_fused: MIMOAdamW)",
@@ -710,20 +735,19 @@ def compare(
                 ("test", prepared.test_present, data.test_y),
             )
         }
-    options = {name: dict(method_options.get(name, {})) for name in methods}
-    for name in methods:
-        make_method(name, **options[name])  # a bad option fails now, not after the methods before it trained
-    build = _Build(encoders, feature_dim, lr, weight_decay, batch_size, epochs, probe_steps, fusion)
+    build = _Build(
+        encoders, feature_dim, lr, weight_decay, batch_size, epochs, probe_steps, fusion, levels, int(noise_seed)
+    )
 
     threads, load_before = torch.get_num_threads(), _load_average()
-    runs: dict[str, list[dict]] = {name: [] for name in methods}
+    runs: dict[str, list[dict]] = {spec.label: [] for spec in specs}
     primary = METRICS[task][0]
     for seed in seeds:
-        for name in methods:
-            run = _run(name, seed, options[name], data, build, measure_memory and seed == seeds[0])
-            runs[name].append(run)
+        for spec in specs:
+            run = _run(spec, seed, data, build, measure_memory and seed == seeds[0])
+            runs[spec.label].append(run)
             if progress is not None:
-                progress(f"{name} seed {seed}: fused {run['metrics']['fused'][primary]:.3f}")
+                progress(f"{spec.label} seed {seed}: fused {run['metrics']['fused'][primary]:.3f}")
     load_after, cores = _load_average(), os.cpu_count()
     settings.update(
         threads=threads,
@@ -732,7 +756,57 @@ def compare(
         load_after=load_after,
         busy=_busy(load_before, load_after, threads, cores),
     )
-    return {name: _summarise(runs[name], settings, options[name], task) for name in methods}
+    return {spec.label: _summarise(runs[spec.label], settings, _options_record(spec), task) for spec in specs}
+
+
+def _method_specs(methods: Sequence[MethodLike], method_options: dict[str, dict]) -> list[MethodSpec]:
+    """Each entry of ``methods`` as a :class:`MethodSpec` with its ``method_options`` (keyed by label, or by name),
+    built once to be checked: an unknown name, a bad path or a bad option fails before any method trains."""
+    if isinstance(methods, (str, MethodSpec, BalanceMethod, type)):
+        raise TypeError(f"methods must be a list of methods, got {methods!r:.80}")
+    registered = registered_methods()
+    unknown = [m for m in methods if isinstance(m, str) and m not in registered and not set(m) & set(".:")]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; choose from {sorted(registered)}, or give a class, an instance or a "
+            "dotted path 'pkg.module:Class'"
+        )
+    specs = []
+    for entry in methods:
+        key = entry.label if isinstance(entry, MethodSpec) else entry if isinstance(entry, str) else None
+        spec = as_spec(entry, method_options.get(key) if key is not None else None)
+        spec.build()
+        specs.append(spec)
+    duplicates = repeated_values([s.label for s in specs])
+    if duplicates:
+        raise ValueError(
+            f"duplicate method name(s) {duplicates}: each label must be listed once; to run one method with "
+            "different options, give each a MethodSpec(method, options, label=...) (a distinct label)"
+        )
+    unused = sorted(set(method_options) - {s.label for s in specs} - {s.name for s in specs})
+    if unused:
+        raise ValueError(f"method_options names {unused}, which is not among the methods {[s.label for s in specs]}")
+    return specs
+
+
+def _options_record(spec: MethodSpec) -> dict:
+    """The options the method ran with, for the settings (a user's class or instance is named by its path)."""
+    record = dict(spec.options)
+    if not (isinstance(spec.method, str) and spec.method == spec.name):
+        resolved = spec.resolve()
+        cls = resolved if isinstance(resolved, type) else type(resolved)
+        record["method"] = f"{cls.__module__}:{cls.__qualname__}"
+    return record
+
+
+def _feature_stds(train_x: Sequence[torch.Tensor], present: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    """Per modality, the per-feature standard deviation of its training rows (those that have it): the unit of
+    the robustness evaluation's noise."""
+    out = []
+    for m, x in enumerate(train_x):
+        rows = x if present is None else x[present[m]]
+        out.append(rows.std(dim=0) if len(rows) > 1 else torch.ones_like(x[0]))
+    return out
 
 
 def _worst(values: Sequence[float], metric: str) -> float:
@@ -780,6 +854,7 @@ def _summarise(runs: list[dict], settings: dict, options: dict, task: str = "cla
         row["probe_acc"] = r["probes"]
         row["worst_probe_acc"] = None if r["probes"] is None else min(r["probes"])
         row["step_time_s"] = r["timer"].total / max(r["timer"].steps, 1)
+        row["robustness"] = r["robustness"]
     steps = sum(r["timer"].steps for r in runs)
     split = {
         part: sum(getattr(r["timer"], part) for r in runs) / steps
@@ -798,7 +873,9 @@ def _summarise(runs: list[dict], settings: dict, options: dict, task: str = "cla
 
     curves = dict(fused=[statistics.fmean(r["curves"][e]["fused"][primary] for r in runs) for e in range(epochs)])
     curves.update(head=curve("heads"), masked=curve("masked"))
+    robust = runs[0]["robustness"] is not None
     summary.update(
+        robustness=summarise_robustness([r["robustness"] for r in runs], task) if robust else None,
         step_time_s=sum(r["timer"].total for r in runs) / steps,
         step_time_split_s=split,
         peak_memory_bytes=runs[0]["peak"],

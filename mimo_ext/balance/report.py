@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "format_robustness_table",
     "format_sweep_table",
     "format_table",
     "machine_info",
     "machine_note",
     "param_label",
     "plot",
+    "plot_robustness",
     "plot_sweep",
     "write_json",
 ]
@@ -176,9 +178,83 @@ def format_table(title: str, names: Sequence[str], results: dict[str, dict]) -> 
         if k not in ("method_options", "present_rows") and k not in MACHINE_SETTINGS
     )
     lines.append(f"Same for every method: {held}")
+    if any(key.startswith("worst masked") for key, _ in summary):
+        lines.append(MASKED_NOTE if any(_late(r) for r in rows) else MASKED_NOTE.split(";")[0] + ".")
     lines += present_rows_note(settings, names)
     lines += machine_note(rows)
     return "\n".join(lines)
+
+
+def _level(x: float) -> str:
+    return f"{x:g}"
+
+
+def format_robustness_table(title: str, names: Sequence[str], results: dict[str, dict]) -> str:
+    """Reliability under a perturbed sensor (compare's ``robustness``), one row per method: the worst modality's
+    area under the metric-against-noise curve, its metric at the largest noise level and with it dropped (each the
+    worst over modalities per seed, then mean+-std), then per modality the same three. Regression: R^2 (the MAE
+    curves are in the JSON). Methods run without the evaluation are left out; "" when none has it."""
+    methods = [m for m, r in results.items() if r.get("robustness")]
+    if not methods:
+        return ""
+    rows = [results[m] for m in methods]
+    metric = "r2" if _task(rows) == "regression" else "acc"
+    levels = rows[0]["robustness"]["levels"]
+    top = _level(levels[-1])
+
+    def cells(get) -> list[str]:
+        return [_stat(*get(r["robustness"]), _seeds(r), metric) for r in rows]
+
+    summary = [
+        ("worst auc", cells(lambda rb: (rb["worst"][f"auc_{metric}"], rb["worst"][f"auc_{metric}_std"]))),
+        (f"worst @{top}", cells(lambda rb: (rb["worst"][metric][-1], rb["worst"][f"{metric}_std"][-1]))),
+        ("worst drop", cells(lambda rb: (rb["worst"][f"dropped_{metric}"], rb["worst"][f"dropped_{metric}_std"]))),
+    ]
+    per_modality = []
+    for i, n in enumerate(names):
+        per_modality.append(
+            [
+                (f"auc:{n}", cells(lambda rb, i=i: (rb["modalities"][i][f"auc_{metric}"],
+                                                    rb["modalities"][i][f"auc_{metric}_std"]))),
+                (f"@{top}:{n}", cells(lambda rb, i=i: (rb["modalities"][i][metric][-1],
+                                                       rb["modalities"][i][f"{metric}_std"][-1]))),
+                (f"drop:{n}", cells(lambda rb, i=i: (rb["modalities"][i][f"dropped_{metric}"],
+                                                     rb["modalities"][i][f"dropped_{metric}_std"]))),
+            ]
+        )
+    unit = "R^2" if metric == "r2" else "accuracy"
+    lines = [f"{title}: reliability with one modality perturbed at test time ({unit})"]
+    for i, block in enumerate(_blocks(methods, [summary, *per_modality])):
+        lines += ([] if i == 0 else ["per modality:"]) + block
+    lines.append(
+        f"Noise: Gaussian on one modality, levels {', '.join(map(_level, levels))} x each feature's training std "
+        f"(seeded, the same for every method). auc: mean {unit} over the levels (area under the curve / range); "
+        f"@{top}: at the largest level; drop: the modality filled as the masked losses fill it. worst: per seed the "
+        "worst modality, then mean over seeds."
+    )
+    if all(_late(r) for r in rows):
+        lines.append(LATE_FUSION_DROP_NOTE)
+    return "\n".join(lines)
+
+
+def _late(r: dict) -> bool:
+    return r.get("head_acc") is not None or r.get("head_r2") is not None
+
+
+# Masked accuracy and the dropped-modality column fill a modality's inputs. Only a model trained on filled inputs
+# (early and attention fusion under the methods that use masked losses) has seen such inputs; late fusion's fusion
+# head never has, so there the number measures the model's reaction to a lost sensor, not how well the modality
+# was learned (that is the probe's and the head's job).
+MASKED_NOTE = (
+    "masked: the fused output with only that modality present (others filled). The measure of how well a modality "
+    "was learned under early and attention fusion (the masked-loss methods train on such inputs); under late fusion "
+    "the fusion head never saw a filled modality, so masked can fall below the majority-class rate: read probe and "
+    "head there."
+)
+LATE_FUSION_DROP_NOTE = (
+    "Late fusion: its fusion head never saw a filled modality in training, so 'drop' measures the deployed model's "
+    "reaction to a lost sensor (what reliability asks), not how well the other modalities were learned."
+)
 
 
 def param_label(params: dict) -> str:
@@ -190,31 +266,48 @@ def _same_point(a: dict, b: dict) -> bool:
     return a.get("method") == b.get("method") and a.get("params") == b.get("params")
 
 
+def sweep_worst_key(points: Sequence[dict]) -> str:
+    """The worst-modality measure a sweep's front uses: the probe where the model has probes (late fusion), else
+    the masked accuracy (early fusion)."""
+    return "worst_probe_acc" if _has(points, "worst_probe_acc") else "worst_masked_acc"
+
+
 def format_sweep_table(
     title: str, points: Sequence[dict], front: Sequence[dict], baselines: dict[str, dict] | None = None
 ) -> str:
     """One row per sweep point (numbered as in :func:`plot_sweep`, with its parameters), then one per comparison
-    method: fused accuracy, worst-modality probe and head accuracy, time per step (and relative to ``joint`` when it
-    is among the comparison methods); ``*`` marks the points on the Pareto front (worst probe accuracy against fused
-    accuracy, both larger-better); then :func:`machine_note`."""
+    method: fused accuracy, worst-modality probe and head accuracy (without probes, e.g. early fusion: masked
+    accuracy), the worst modality's robustness area (when evaluated), time per step (and relative to ``joint`` when
+    it is among the comparison methods); ``*`` marks the points on the Pareto front (worst-modality accuracy against
+    fused accuracy, both larger-better); then :func:`machine_note`."""
     baselines = baselines or {}
     rows = list(points) + list(baselines.values())
     # Numbered as in plot_sweep's figure.
     labels = [f"{i + 1:>2} {param_label(p['params'])}" for i, p in enumerate(points)]
     labels += [f"   {m} (default)" for m in baselines]
     joint = baselines.get("joint", {}).get("step_time_s")
+    worst = sweep_worst_key(rows)
     columns = [
         ("front", ["*" if any(_same_point(p, f) for f in front) else "" for p in points] + [""] * len(baselines)),
         ("fused", [_acc(r["fused_acc"], r["fused_acc_std"], _seeds(r)) for r in rows]),
-        ("worst probe", [_acc(r["worst_probe_acc"], r["worst_probe_acc_std"], _seeds(r)) for r in rows]),
-        ("worst head", [_acc(r["worst_head_acc"], r["worst_head_acc_std"], _seeds(r)) for r in rows]),
-        *_time_columns(rows, joint),
     ]
+    for key, header in (("worst_probe_acc", "worst probe"), ("worst_head_acc", "worst head"),
+                        ("worst_masked_acc", "worst masked")):
+        if _has(rows, key) and (key != "worst_masked_acc" or worst == key):
+            columns.append((header, [_acc(r[key], r[f"{key}_std"], _seeds(r)) for r in rows]))
+    if all(r.get("robustness") for r in rows):
+        columns.append(
+            ("worst auc", [_acc(r["robustness"]["worst"]["auc_acc"], r["robustness"]["worst"]["auc_acc_std"],
+                                _seeds(r)) for r in rows])
+        )
+    columns += _time_columns(rows, joint)
     lines = [title, *_render(labels, " # params / method", columns)]
     lines.append(
-        "* on the sweep's Pareto front (worst probe against fused accuracy): no other sweep point is as good on both "
-        "and better on one"
+        f"* on the sweep's Pareto front ({worst.replace('_acc', '').replace('_', ' ')} against fused accuracy): no "
+        "other sweep point is as good on both and better on one"
     )
+    if any(c[0] == "worst auc" for c in columns):
+        lines.append("worst auc: the worst modality's mean accuracy over the test-time noise levels (robustness)")
     lines += machine_note(rows)
     return "\n".join(lines)
 
@@ -338,7 +431,8 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    panels = {name: 2 + len(d["modalities"]) for name, d in datasets.items()}
+    robust = {name: _has_robustness(d["results"]) for name, d in datasets.items()}
+    panels = {name: 2 + len(d["modalities"]) + robust[name] for name, d in datasets.items()}
     cols = min(4, max(panels.values()))
     rows_of = {name: -(-n // cols) for name, n in panels.items()}
     fig, axes = plt.subplots(
@@ -382,11 +476,65 @@ def plot(path: Path, datasets: dict[str, dict]) -> bool:
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             legend_ax = legend_ax or ax
+        if robust[dataset]:
+            _robustness_panel(cells[2 + len(d["modalities"])], results, None, short)
         for unused in cells[panels[dataset] :]:
             unused.axis("off")
         first_row += rows_of[dataset]
     if legend_ax is not None:
         legend_ax.legend(fontsize=7)
+    _save_figure(plt, fig, path)
+    return True
+
+
+def _has_robustness(results: dict[str, dict]) -> bool:
+    return all(r.get("robustness") for r in results.values())
+
+
+def _robustness_panel(ax, results: dict[str, dict], modality: int | None, title: str) -> None:
+    """Each method's metric against the noise level on one modality (``None``: per level the worst modality, per
+    seed then mean), with the modality dropped drawn one step right of the largest level ("drop")."""
+    metric = "r2" if _task(list(results.values())) == "regression" else "acc"
+    levels = None
+    for method, r in results.items():
+        rb = r["robustness"]
+        levels = rb["levels"]
+        part = rb["worst"] if modality is None else rb["modalities"][modality]
+        width = 2.2 if _is_mimo(method) else 1.0
+        line = ax.errorbar(levels, part[metric], yerr=part[f"{metric}_std"], lw=width, capsize=2, label=method)
+        step = (levels[-1] - levels[0]) / max(len(levels) - 1, 1) or 0.5
+        ax.errorbar(
+            [levels[-1] + step], [part[f"dropped_{metric}"]], yerr=[part[f"dropped_{metric}_std"]],
+            fmt="D" if _is_mimo(method) else "o", color=line[0].get_color(), capsize=2,
+        )
+    if levels is not None:
+        step = (levels[-1] - levels[0]) / max(len(levels) - 1, 1) or 0.5
+        ax.set_xticks([*levels, levels[-1] + step], [*map(_level, levels), "drop"], fontsize=7)
+    unit = "R^2" if metric == "r2" else "accuracy"
+    which = "worst modality" if modality is None else "that modality"
+    ax.set_title(f"{title}\n{unit}, noise on {which} (x feature std)", fontsize=10)
+    ax.set_xlabel("noise level / dropped")
+    ax.grid(alpha=0.3)
+
+
+def plot_robustness(path: Path, datasets: dict[str, dict]) -> bool:
+    """Per data set a row: the worst modality's metric against the noise level, then each modality's, one line per
+    method, the dropped modality at the right ("drop"). Returns False (and draws nothing) when matplotlib is not
+    installed or no result has a robustness evaluation."""
+    plt = _pyplot()
+    shown = {name: d for name, d in datasets.items() if _has_robustness(d["results"])}
+    if plt is None or not shown:
+        return False
+    cols = 1 + max(len(d["modalities"]) for d in shown.values())
+    fig, axes = plt.subplots(len(shown), cols, figsize=(4.2 * cols, 3.6 * len(shown)), squeeze=False)
+    for row, (dataset, d) in enumerate(shown.items()):
+        short = re.sub(r" \(.*?\)", "", dataset)
+        _robustness_panel(axes[row][0], d["results"], None, short)
+        for m, name in enumerate(d["modalities"]):
+            _robustness_panel(axes[row][1 + m], d["results"], m, f"{short}: {name}")
+        for unused in axes[row][1 + len(d["modalities"]) :]:
+            unused.axis("off")
+    axes[0][0].legend(fontsize=7)
     _save_figure(plt, fig, path)
     return True
 
@@ -397,8 +545,11 @@ def plot_sweep(
     points: Sequence[dict],
     front: Sequence[dict],
     baselines: dict[str, dict] | None = None,
+    *,
+    x_key: str = "worst_probe_acc",
 ) -> bool:
-    """Fused accuracy against the worst modality's probe accuracy: every sweep point (numbered, with a key to its
+    """Fused accuracy against the worst modality's probe accuracy (``x_key``: another worst-modality measure, e.g.
+    ``"worst_masked_acc"`` for early fusion): every sweep point (numbered, with a key to its
     parameters beside the axes) with its spread over seeds, the Pareto front marked and connected, and the
     comparison methods on the same axes. Returns False (and draws nothing) when matplotlib is not installed."""
     plt = _pyplot()
@@ -410,9 +561,9 @@ def plot_sweep(
     # Every sweep point with its spread over seeds (thin, grey), the front on top in red and connected.
     if points:
         ax.errorbar(
-            [p["worst_probe_acc"] for p in points],
+            [p[x_key] for p in points],
             [p["fused_acc"] for p in points],
-            xerr=[p["worst_probe_acc_std"] for p in points],
+            xerr=[p[f"{x_key}_std"] for p in points],
             yerr=[p["fused_acc_std"] for p in points],
             fmt="o",
             color="0.55",
@@ -421,10 +572,10 @@ def plot_sweep(
             capsize=2,
             label=f"{method} sweep",
         )
-    ordered = sorted(front, key=lambda p: p["worst_probe_acc"])
+    ordered = sorted(front, key=lambda p: p[x_key])
     if ordered:
         ax.plot(
-            [p["worst_probe_acc"] for p in ordered],
+            [p[x_key] for p in ordered],
             [p["fused_acc"] for p in ordered],
             "-o",
             color="tab:red",
@@ -437,7 +588,7 @@ def plot_sweep(
     for i, (p, f) in enumerate(zip(points, on_front, strict=True)):
         ax.annotate(
             str(i + 1),
-            (p["worst_probe_acc"], p["fused_acc"]),
+            (p[x_key], p["fused_acc"]),
             fontsize=8,
             fontweight="bold" if f else "normal",
             color="tab:red" if f else "0.3",
@@ -460,16 +611,16 @@ def plot_sweep(
     markers = "s^vP*Xhd<>"
     for i, (name, r) in enumerate((baselines or {}).items()):
         ax.errorbar(
-            r["worst_probe_acc"],
+            r[x_key],
             r["fused_acc"],
-            xerr=r["worst_probe_acc_std"],
+            xerr=r[f"{x_key}_std"],
             yerr=r["fused_acc_std"],
             fmt=markers[i % len(markers)],
             ms=8,
             capsize=3,
             label=f"{name} (default)",
         )
-    ax.set_xlabel("worst-modality probe accuracy (larger is better)")
+    ax.set_xlabel(f"{x_key.replace('_', ' ')} (larger is better)")
     ax.set_ylabel("fused accuracy (larger is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

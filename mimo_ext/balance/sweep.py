@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .compare import _checked_inputs, compare
-from .methods import METHODS, make_method
+from .methods.spec import MethodLike, MethodSpec, as_spec
 
 __all__ = ["DEFAULT_GRID", "pareto_front", "sweep"]
 
@@ -54,32 +54,41 @@ def _check_compare_options(compare_options: dict) -> None:
 def sweep(
     modalities: Sequence[torch.Tensor | np.ndarray],
     labels: torch.Tensor | np.ndarray,
-    method: str = "mimo",
+    method: MethodLike = "mimo",
     grid: Mapping[str, Sequence] = DEFAULT_GRID,
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
+    *,
+    baselines: Sequence[MethodLike] = (),
     **compare_options,
 ) -> list[dict]:
-    """Runs :func:`~mimo_ext.balance.compare` for ``method`` once per setting of the grid.
+    """Runs ``method`` once per setting of the grid, all settings (and ``baselines``) in one interleaved
+    :func:`~mimo_ext.balance.compare` call: for each seed every setting in turn, so that a slow spell of the machine
+    falls on all of them alike and their times compare.
 
     Everything is checked before any training: the inputs as :func:`compare` checks them (and converted once,
-    with one warning), the method name, the grid (a non-empty dict of non-empty lists), the compare options,
+    with one warning), the method, the grid (a non-empty dict of non-empty lists), the compare options,
     and every setting, by building the method with it (so a key the method does not take, or a bad value,
     fails with the method's own error).
 
     Args:
         modalities, labels, seeds, epochs: as for :func:`compare`.
-        method: a name from :data:`mimo_ext.balance.methods.METHODS`.
+        method: anything :func:`compare` takes as a method: a name from :data:`mimo_ext.balance.methods.METHODS`, a
+            :class:`~mimo_ext.balance.BalanceMethod` subclass, a dotted path, or a
+            :class:`~mimo_ext.balance.MethodSpec` (whose options are the base of every setting).
         grid: option name -> values. The points are the cartesian product, in the grid's key order with the last
-            key varying fastest. Default :data:`DEFAULT_GRID` (MIMO's ``gamma`` x ``mu``, 9 points).
-        **compare_options: passed to every :func:`compare` call (``test``, ``batch_size``, ``progress``, ...).
+            key varying fastest. Default :data:`DEFAULT_GRID` (MIMO's ``gamma`` x ``mu``, 9 points). Values may be
+            anything the method takes (numbers, schedule names such as ``"increasing"``).
+        baselines: methods to run in the same interleaved call, for comparison (as :func:`compare`'s ``methods``).
+        **compare_options: passed to the :func:`compare` call (``test``, ``batch_size``, ``progress``, ...).
             ``method_options[method]``, if given, is the base that each setting's values override.
 
     Returns:
-        One dict per setting, in grid order: ``method``; ``params`` (that setting, e.g. ``{"gamma": 0.5, "mu":
-        0.1}``); and every field :func:`compare` returns for the method (``fused_acc``, ``fused_acc_std``,
+        One dict per setting, in grid order: ``method`` (its name); ``params`` (that setting, e.g. ``{"gamma": 0.5,
+        "mu": 0.1}``); and every field :func:`compare` returns for the method (``fused_acc``, ``fused_acc_std``,
         ``probe_acc``, ``worst_probe_acc``, ``step_time_s``, ``settings``, ... see its docstring), where
-        ``settings["method_options"]`` holds the options the method actually ran with.
+        ``settings["method_options"]`` holds the options the method actually ran with. Then one dict per baseline,
+        with ``method`` its label, ``params`` empty and ``baseline`` True.
     """
     _check_compare_options(compare_options)
     modalities, labels, test, converted, present, test_present = _checked_inputs(
@@ -93,24 +102,54 @@ def sweep(
     )
     if converted:
         warnings.warn(converted, stacklevel=2)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    base = dict((compare_options.get("method_options") or {}).get(method, {}))
+    if isinstance(method, str) and ":" not in method and "." not in method:
+        from .methods import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    given = compare_options.pop("method_options", None) or {}
+    base_spec = as_spec(method)
+    base = {**base_spec.options, **given.get(base_spec.label, {}), **given.get(base_spec.name, {})}
     settings = _grid_settings(grid)
+    specs = []
     for params in settings:
         # Built only to be checked: a key the method does not take, or a bad value, fails here with the method's
         # own error, before the first point trains.
-        make_method(method, **{**base, **params})
+        spec = MethodSpec(base_spec.method, {**base, **params}, _point_label(base_spec.name, params))
+        spec.build()
+        specs.append(spec)
     if test is not None:
         compare_options = dict(compare_options, test=test)
     if present is not None or test_present is not None:
         compare_options = dict(compare_options, present=present, test_present=test_present)
-    points = []
-    for params in settings:
-        options = dict(compare_options, method_options={method: {**base, **params}})
-        result = compare(modalities, labels, [method], seeds, epochs, **options)[method]
-        points.append({"method": method, "params": dict(params), **result})
+    # Options of the baselines go on to compare; those of a method that is not run are not compare's concern here.
+    baseline_keys = {k for b in baselines for k in (as_spec(b).label, as_spec(b).name)}
+    baseline_options = {k: v for k, v in given.items() if k in baseline_keys}
+    results = compare(
+        modalities,
+        labels,
+        [*specs, *baselines],
+        seeds,
+        epochs,
+        method_options=baseline_options or None,
+        **compare_options,
+    )
+    points = [
+        {"method": base_spec.name, "params": dict(params), **results[spec.label]}
+        for params, spec in zip(settings, specs, strict=True)
+    ]
+    labels_of_points = {spec.label for spec in specs}
+    points += [
+        {"method": label, "params": {}, "baseline": True, **r}
+        for label, r in results.items()
+        if label not in labels_of_points
+    ]
     return points
+
+
+def _point_label(name: str, params: dict) -> str:
+    parts = [f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in params.items()]
+    return f"{name} [{' '.join(parts)}]"
 
 
 def _value(point: dict, measure: str | Callable[[dict], float], axis: str, index: int) -> float:

@@ -125,7 +125,8 @@ def no_run(monkeypatch):
         (["--missing", "video=0.3"], "--missing"),  # no default data set has a modality named video
         (["--datasets", "mfeat", "--missing", "image=0.3"], "--missing"),
         (["--regression-loss", "l1"], "--regression-loss"),
-        (["--sweep", "gamma=1,2", "--fusion", "early"], "--sweep"),
+        (["--sweep", "schedule=constant,cosine"], "--sweep"),  # no such schedule
+        (["--noise-levels", "0", "2", "1"], "--noise-levels"),
         (["--sweep", "gamma=1,2", "--missing", "fou=0.3"], "--sweep"),
         (["--sweep", "gamma=1,2", "--datasets", "diabetes"], "--sweep"),
     ],
@@ -167,9 +168,9 @@ def test_threads_help_says_why_one_thread(capsys):
 
 def test_methods_default_depends_on_the_mode(tmp_path):
     _, args = cli._parse(["--out", str(tmp_path)])
-    assert args.methods == list(cli.DEFAULT_METHODS) and args.sweep is None
+    assert [m.label for m in args.methods] == list(cli.DEFAULT_METHODS) and args.sweep is None
     _, args = cli._parse(["--out", str(tmp_path), "--sweep", "gamma=0.5,1,2", "mu=0.05,0.1"])
-    assert args.methods == list(cli.SWEEP_BASELINES) and args.sweep_method == "mimo"
+    assert [m.label for m in args.methods] == list(cli.SWEEP_BASELINES) and args.sweep_method.label == "mimo"
     assert args.sweep == [("gamma", [0.5, 1.0, 2.0]), ("mu", [0.05, 0.1])]
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import mimo_ext
 from mimo_ext.balance import methods
-from mimo_ext.balance.methods import METHODS, BatchOutputs, StepTimes, forward_batch, make_method, min_norm
+from mimo_ext.balance.methods import METHODS, BatchOutputs, StepTimes, forward_batch, make_method, min_norm, spec
 from mimo_ext.balance.methods.cagrad import cagrad_coefficients, cagrad_dual_weights
 from mimo_ext.balance.methods.min_norm import min_norm_2, min_norm_weights
 from mimo_ext.balance.methods.ogm_ge import ogm_coefficients, ogm_scores
@@ -551,7 +551,7 @@ def test_batch_outputs_from_forward_batch():
         torch.testing.assert_close(f, F.cross_entropy(u, labels))
 
 
-@pytest.mark.parametrize("module", [methods, min_norm], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [methods, min_norm, spec], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     results = doctest.testmod(module, extraglobs={"torch": torch})
     assert results.attempted > 0 and results.failed == 0

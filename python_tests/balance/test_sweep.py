@@ -27,7 +27,10 @@ def fake_compare(monkeypatch):
 
     def fake(modalities, labels, methods, seeds, epochs, **options):
         calls.append(dict(modalities=modalities, labels=labels, methods=methods, seeds=seeds, epochs=epochs) | options)
-        return {methods[0]: {"fused_acc": float(len(calls)), "settings": {"method_options": options["method_options"]}}}
+        return {
+            m.label: {"fused_acc": float(i + 1), "settings": {"method_options": dict(m.options)}}
+            for i, m in enumerate(methods)
+        }
 
     monkeypatch.setattr(sweep_module, "compare", fake)
     return calls
@@ -46,7 +49,8 @@ def test_sweep_points_are_the_compare_runs_of_each_setting(few_rows):
     points = sweep(*few_rows, "mimo", grid, **QUICK, progress=lines.append)
     assert [p["params"] for p in points] == [{"gamma": 0.5, "mu": 0.3}, {"gamma": 2.0, "mu": 0.3}]
     assert [p["method"] for p in points] == ["mimo", "mimo"]
-    assert lines and all(line.startswith("mimo seed 0: fused") for line in lines) and len(lines) == 2
+    # One interleaved compare call: each point's runs labelled by its setting.
+    assert [line.split(":")[0] for line in lines] == ["mimo [gamma=0.5 mu=0.3] seed 0", "mimo [gamma=2 mu=0.3] seed 0"]
     for point in points:
         direct = compare(*few_rows, methods=["mimo"], method_options={"mimo": point["params"]}, **QUICK)["mimo"]
         assert set(point) == {"method", "params"} | set(direct)
@@ -70,14 +74,16 @@ def test_sweep_runs_the_cartesian_product_over_base_options(few_rows, fake_compa
     settings = [{"gamma": g, "mu": m} for g in (0.5, 1.0, 2.0) for m in (0.05, 0.2)]  # the last key varies fastest
     assert [p["params"] for p in points] == settings
     assert [p["fused_acc"] for p in points] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert [c["method_options"] for c in fake_compare] == [{"mimo": s} for s in settings]
-    for call in fake_compare:
-        assert call["methods"] == ["mimo"] and call["seeds"] == (1, 2) and call["epochs"] == 3
-        assert call["batch_size"] == 8 and call["progress"] is progress
-        assert call["test"][0][0] is test[0][0] and torch.equal(call["labels"], few_rows[1])
+    (call,) = fake_compare  # every setting in one interleaved call
+    assert [dict(m.options) for m in call["methods"]] == settings
+    assert [m.method for m in call["methods"]] == ["mimo"] * 6
+    assert call["method_options"] is None  # joint's options: joint is not run
+    assert call["seeds"] == (1, 2) and call["epochs"] == 3
+    assert call["batch_size"] == 8 and call["progress"] is progress
+    assert call["test"][0][0] is test[0][0] and torch.equal(call["labels"], few_rows[1])
     # A base option the grid does not set stays.
     sweep(*few_rows, "mimo", {"gamma": [0.5]}, method_options=base)
-    assert fake_compare[-1]["method_options"] == {"mimo": {"gamma": 0.5, "mu": 0.3}}
+    assert dict(fake_compare[-1]["methods"][0].options) == {"gamma": 0.5, "mu": 0.3}
 
 
 def test_sweep_default_grid_is_mimo_gamma_by_mu(few_rows, fake_compare):

@@ -17,6 +17,8 @@ import mimo_ext.objective
 import mimo_ext.ops
 
 PUBLIC = ["DEFAULT_MU", "SmoothMax", "blend", "blend_", "masked_losses", "mimo_loss", "optim", "smooth_max"]
+# The penalty schedules (mimo_ext.schedules) and their classes.
+PUBLIC += ["ConstantPenalty", "IncreasingPenalty", "PenaltySchedule", "WarmupPenalty", "schedules"]
 
 
 def test_public_names_are_exported():
@@ -27,7 +29,15 @@ def test_public_names_are_exported():
 
 @pytest.mark.parametrize(
     "module",
-    [mimo_ext.ops, mimo_ext.objective, mimo_ext.optim.sgd, mimo_ext.optim.adamw, mimo_ext.models, mimo_ext.masking],
+    [
+        mimo_ext.ops,
+        mimo_ext.objective,
+        mimo_ext.optim.sgd,
+        mimo_ext.optim.adamw,
+        mimo_ext.models,
+        mimo_ext.masking,
+        mimo_ext.schedules,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

@@ -29,6 +29,11 @@ and CAGrad (``match_sum=True``, with c = 0) all reduce to a sum of objective gra
 does not (as in its paper and code), nor does OGM-GE's modulation (k <= 1). Every method trains each head on its
 own loss; see :mod:`.base` for the shared conventions.
 
+Your own method: subclass :class:`BalanceMethod` (``backward`` only; :func:`combine_by_gram` does the per-objective
+gradients and writes the combination, given a function from the K x K Gram matrix to K coefficients) and pass the
+class, an instance, a dotted path or a :class:`MethodSpec` to :func:`~mimo_ext.balance.compare` (or
+``--methods pkg.mod:Class`` on the command line); :data:`METHODS` need not change.
+
 Example:
     >>> from mimo_ext.models import LateFusionMLP
     >>> model = LateFusionMLP([5, 3], num_classes=4)
@@ -44,8 +49,18 @@ Example:
 
 from __future__ import annotations
 
-from .base import BalanceMethod, BatchOutputs, StepTimes, forward_batch
+from .base import (
+    BalanceMethod,
+    BatchOutputs,
+    ParameterSplit,
+    PhaseTimer,
+    StepTimes,
+    deposit_grads,
+    forward_batch,
+    split_parameters,
+)
 from .cagrad import CAGrad
+from .gradients import ObjectiveGradients, combine_by_gram, objective_gradients
 from .joint import Joint
 from .mgda import Mgda
 from .mimo import Mimo
@@ -54,6 +69,7 @@ from .min_norm import min_norm_weights
 from .mmpareto import MMPareto
 from .ogm_ge import OgmGe
 from .pcgrad import PCGrad
+from .spec import MethodLike, MethodSpec, import_method
 from .uniform import Uniform
 
 __all__ = [
@@ -63,16 +79,26 @@ __all__ = [
     "CAGrad",
     "Joint",
     "MMPareto",
+    "MethodLike",
+    "MethodSpec",
     "Mgda",
     "Mimo",
     "MimoFused",
+    "ObjectiveGradients",
     "OgmGe",
     "PCGrad",
+    "ParameterSplit",
+    "PhaseTimer",
     "StepTimes",
     "Uniform",
+    "combine_by_gram",
+    "deposit_grads",
     "forward_batch",
+    "import_method",
     "make_method",
     "min_norm_weights",
+    "objective_gradients",
+    "split_parameters",
 ]
 
 METHODS: dict[str, type[BalanceMethod]] = {

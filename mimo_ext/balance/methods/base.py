@@ -204,19 +204,32 @@ class BalanceMethod(ABC):
     """A way to turn a multi-modal model's losses (f0, f_1..f_M) into one gradient.
 
     Class attributes:
-        name: the registry name (``mimo_ext.balance.methods.METHODS``).
+        name: the registry name (``mimo_ext.balance.methods.METHODS``); a user's method may leave it out (its class
+            name labels its results).
         uses_uni_losses: whether the uni-modal losses f_m are objectives of the encoders (False: only f0 trains
-            the encoders; the uni-modal heads then learn on detached features).
+            the encoders; the uni-modal heads then learn on detached features). Default True.
+
+    A user's method needs only ``backward``; the harness (:func:`~mimo_ext.balance.compare`) also calls
+    :meth:`make_optimizer` and :meth:`start` once per run, which a method overrides when it brings its own optimizer
+    or needs to know the run's length (a penalty schedule).
     """
 
     name: ClassVar[str]
-    uses_uni_losses: ClassVar[bool]
+    uses_uni_losses: ClassVar[bool] = True
 
     @abstractmethod
     def backward(self, model: nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         """Runs the backward passes the method needs and leaves the combined gradient in ``.grad`` of the model's
         parameters (accumulated onto zeroed/None grads: the caller calls ``optimizer.zero_grad()`` before), ready
         for ``optimizer.step()``."""
+
+    def make_optimizer(self, params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer | None:
+        """The optimizer this method needs (e.g. a fused MIMO optimizer), or None for the harness's default
+        (AdamW)."""
+        return None
+
+    def start(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:  # noqa: B027 (optional hook)
+        """Called once before a run's first step with its optimizer and number of steps; nothing by default."""
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith(("_", "last_")))

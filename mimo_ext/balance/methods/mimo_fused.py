@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ...optim import MIMOOptimizer
+from ...objective import DEFAULT_MU
+from ...optim import MIMOAdamW, MIMOOptimizer
 from .base import BalanceMethod, BatchOutputs, PhaseTimer, StepTimes
-from .mimo import check_gamma_mu
+from .mimo import check_gamma_mu, first_device, schedule_of
 
 __all__ = ["MimoFused"]
 
@@ -30,6 +31,9 @@ class MimoFused(BalanceMethod):
             ``make_method("mimo_fused", gamma=..., mu=...)`` states the same settings as ``make_method("mimo", ...)``
             and cannot silently disagree with the optimizer.
 
+        schedule, warmup, growth: as for :class:`~.mimo.Mimo`; the schedule's tensors become every param group's
+            gamma and mu in :meth:`start` (the optimizer reads them in ``step()``, with no host synchronisation).
+
     Without uni-modal heads (early, attention fusion) the f_m are the masked losses (:func:`mimo_ext.masked_losses`);
     each objective's backward then reaches every parameter.
 
@@ -40,10 +44,30 @@ class MimoFused(BalanceMethod):
     name = "mimo_fused"
     uses_uni_losses = True
 
-    def __init__(self, gamma: float | None = None, mu: float | None = None) -> None:
+    def __init__(
+        self,
+        gamma: float | None = None,
+        mu: float | None = None,
+        schedule: str = "constant",
+        warmup: float | None = None,
+        growth: float | None = None,
+    ) -> None:
         check_gamma_mu(1.0 if gamma is None else gamma, 1.0 if mu is None else mu)
         self.gamma = None if gamma is None else float(gamma)
         self.mu = None if mu is None else float(mu)
+        self.schedule = schedule
+        base_gamma = 1.0 if gamma is None else float(gamma)
+        self._penalty = schedule_of(base_gamma, DEFAULT_MU if mu is None else float(mu), schedule, warmup, growth)
+
+    def start(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        if self._penalty is not None:
+            self._penalty.start(optimizer, total_steps, first_device(optimizer))
+
+    def make_optimizer(self, params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """:class:`~mimo_ext.optim.MIMOAdamW` with this method's gamma and mu (default 1 and ``DEFAULT_MU``)."""
+        gamma = 1.0 if self.gamma is None else self.gamma
+        mu = DEFAULT_MU if self.mu is None else self.mu
+        return MIMOAdamW(params, lr=lr, weight_decay=weight_decay, gamma=gamma, mu=mu)
 
     def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         if not isinstance(optimizer, MIMOOptimizer):
@@ -51,8 +75,10 @@ class MimoFused(BalanceMethod):
                 "mimo_fused needs a mimo_ext.optim.MIMOOptimizer (MIMOSGD or MIMOAdamW), got "
                 f"{type(optimizer).__name__}"
             )
+        if self._penalty is not None:
+            self._penalty.advance(self.name)
         for name, value in (("gamma", self.gamma), ("mu", self.mu)):
-            if value is None:
+            if value is None or self._penalty is not None:
                 continue
             for i, group in enumerate(optimizer.param_groups):
                 held = group[name]
