@@ -202,7 +202,7 @@ def _train_run(name: str, seed: int, c: RunConfig, train: Dataset, test: Dataset
         if progress is not None:
             progress(f"{name} seed {seed} epoch {epoch + 1}/{c.epochs}: fused {curves[-1]['fused']['acc']:.3f}")
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" and start < c.epochs else None
-    return dict(seed=seed, metrics=curves[-1], probes=None, timer=timer, curves=curves, peak=peak)
+    return dict(seed=seed, metrics=curves[-1], probes=None, robustness=None, timer=timer, curves=curves, peak=peak)
 
 
 def run_recipe(c: RunConfig, progress: Progress | None = None) -> dict[str, dict]:
