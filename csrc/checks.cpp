@@ -131,6 +131,11 @@ void check_like_param(const char* op, const std::string& name, const at::Tensor&
 
 }  // namespace
 
+bool is_segmented(at::TensorList grads, const at::Tensor& coefficients) {
+  return coefficients.defined() && coefficients.dim() == 1 && coefficients.numel() == 1 &&
+         (grads.size() > 1 || (grads.size() == 1 && grads[0].defined() && grads[0].dim() != 1));
+}
+
 void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
                         at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
                         const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
@@ -162,17 +167,35 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
     }
   }
   TORCH_CHECK_VALUE(!grads.empty(), op, ": grads must hold at least one buffer, got an empty list");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
-                    kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
-                    " modalities), got ", grads.size());
-  for (size_t k = 0; k < grads.size(); ++k) {
-    check_like_param(op, grad_names[k], grads[k], param);
-  }
   TORCH_CHECK_TYPE(is_supported_float(coefficients.scalar_type()), op,
                    ": coefficients must be a floating-point tensor, got ", coefficients.scalar_type());
-  TORCH_CHECK_VALUE(coefficients.dim() == 1 && coefficients.numel() == static_cast<int64_t>(grads.size()), op,
-                    ": coefficients must be 1-D with one entry per grads buffer (", grads.size(), "), got shape ",
-                    coefficients.sizes());
+  if (is_segmented(grads, coefficients)) {
+    // One gradient, given as the tensors of consecutive pieces of param (autograd's own .grad tensors).
+    int64_t total = 0;
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const at::Tensor& g = grads[k];
+      TORCH_CHECK_TYPE(g.scalar_type() == param.scalar_type(), op, ": ", grad_names[k],
+                       " must have the dtype of param (", param.scalar_type(), "), got ", g.scalar_type());
+      TORCH_CHECK_VALUE(g.device() == param.device(), op, ": ", grad_names[k], " must be on the device of param (",
+                        param.device(), "), got ", g.device());
+      TORCH_CHECK_VALUE(g.is_contiguous() && !g.is_sparse(), op, ": ", grad_names[k],
+                        " must be a dense contiguous tensor, got strides ", g.strides());
+      total += g.numel();
+    }
+    TORCH_CHECK_VALUE(total == param.numel(), op, ": with one coefficient, grads must be param's buffer or the ",
+                      "gradients of consecutive pieces of param, their lengths summing to param's (",
+                      param.numel(), "), got ", total);
+  } else {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
+                      kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
+                      " modalities), got ", grads.size());
+    for (size_t k = 0; k < grads.size(); ++k) {
+      check_like_param(op, grad_names[k], grads[k], param);
+    }
+    TORCH_CHECK_VALUE(coefficients.dim() == 1 && coefficients.numel() == static_cast<int64_t>(grads.size()), op,
+                      ": coefficients must be 1-D with one entry per grads buffer (", grads.size(), "), got shape ",
+                      coefficients.sizes());
+  }
   TORCH_CHECK_VALUE(coefficients.device() == param.device(), op, ": coefficients must be on the device of param (",
                     param.device(), "), got ", coefficients.device());
   check_single_value(op, "lr", lr, param);

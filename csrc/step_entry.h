@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <optional>
 #include <vector>
@@ -59,6 +60,35 @@ using AdamWKernel = void (*)(const StepBuffers& buffers, const AdamWOptions& opt
 
 namespace detail {
 
+// One gradient given in pieces (is_segmented): the kernel runs once per piece, on the matching slices of param and
+// state, and the pieces' statistics are summed. Each element is computed exactly as in one call over the whole
+// buffer (the update is element-wise; the statistics are sums, here in the order of the pieces).
+template <typename Options, void (*kernel)(const StepBuffers&, const Options&)>
+void run_pieces(const StepBuffers& b, const Options& options) {
+  const std::vector<at::Tensor> pieces = b.grads;
+  int64_t offset = 0;
+  for (const at::Tensor& g : pieces) {
+    const int64_t n = g.numel();
+    if (n == 0) {
+      continue;
+    }
+    StepBuffers piece = b;
+    piece.param = b.param.narrow(0, offset, n);
+    for (at::Tensor& state : piece.states) {
+      state = state.narrow(0, offset, n);
+    }
+    piece.grads = {g.view({n})};
+    if (b.stats.defined()) {
+      piece.stats = at::zeros_like(b.stats);
+    }
+    kernel(piece, options);
+    if (b.stats.defined()) {
+      b.stats.add_(piece.stats);
+    }
+    offset += n;
+  }
+}
+
 // Builds the kernel's view of the call (after validation), runs it, and advances the step count.
 template <typename Options, void (*kernel)(const StepBuffers&, const Options&)>
 at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at::TensorList grads,
@@ -85,13 +115,15 @@ at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at:
     // in found_inf's own dtype, for the kernel and the step count alike.
     b.found_inf = found_inf->ne(0).to(acc).contiguous();
   }
-  const int64_t k_count = static_cast<int64_t>(grads.size());
+  const int64_t k_count = coefficients.numel();  // the number of gradients, also when given in pieces
   at::Tensor stats = at::empty({0}, param.options().dtype(acc));
   if (compute_stats) {
     stats = at::zeros({2 * k_count}, param.options().dtype(acc));
     b.stats = stats;
   }
-  if (param.numel() > 0) {
+  if (param.numel() > 0 && is_segmented(grads, coefficients)) {
+    run_pieces<Options, kernel>(b, options);
+  } else if (param.numel() > 0) {
     kernel(b, options);
   }
   if (compute_stats && inv_scale.defined()) {

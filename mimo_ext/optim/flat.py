@@ -45,27 +45,34 @@ class FlatBucket:
         self.sharded = is_dtensor(params[0])
         locals_ = [p.to_local() for p in params] if self.sharded else params
         self.device = locals_[0].device
-        self.dtype = params[0].dtype
-        # Shapes and sizes of what this process holds: the local shards of sharded parameters.
-        self.shapes = [t.shape for t in locals_]
-        self.numels = [t.numel() for t in locals_]
+        # Complex parameters are laid out as their real view (..., 2), as torch.optim steps them: the buffers are
+        # of the real dtype, and the parameter and its state entries are complex views of them.
+        self.complex = params[0].is_complex()
+        self.dtype = params[0].real.dtype if self.complex else params[0].dtype
+        # Shapes and sizes of what this process holds (the local shards of sharded parameters), real-viewed.
+        self.shapes = [(*t.shape, 2) if self.complex else t.shape for t in locals_]
+        self.numels = [torch.Size(shape).numel() for shape in self.shapes]
         self.offsets = [0]
         for n in self.numels[:-1]:
             self.offsets.append(self.offsets[-1] + n)
         self.numel = sum(self.numels)
         self.param_buffer = None
-        if not self.sharded:
+        # Built on meta parameters (meta-init, then to_empty, as FSDP2 users do): nothing to lay out yet. The state
+        # is made on meta; the optimizer lays the bucket out once the parameters have real storage (moved_view).
+        self.deferred = self.device.type == "meta"
+        if not self.sharded and not self.deferred:
             self.param_buffer = torch.empty(self.numel, device=self.device, dtype=self.dtype)
             with torch.no_grad():
                 for i, p in enumerate(params):
                     view = self.view(self.param_buffer, i)
-                    view.copy_(p.detach())
-                    p.data = _alias(view)
+                    view.copy_(torch.view_as_real(p.detach()) if self.complex else p.detach())
+                    p.data = torch.view_as_complex(_alias(view)) if self.complex else _alias(view)
         # Where each parameter's view of the flat buffer lives, to notice a parameter replaced or re-shaped after
         # construction (p.data = ...): the step would update the flat buffer, which it no longer views.
-        self._view_ptrs = [p.data_ptr() for p in params] if not self.sharded else []
+        self._view_ptrs = [p.data_ptr() for p in params] if not (self.sharded or self.deferred) else []
         self.view_shapes = [p.shape for p in params]
         self.grad_buffers: list[torch.Tensor] = []
+        self._ones: torch.Tensor | None = None
         self.touched = [False] * len(params)
         self.state: dict[str, torch.Tensor] = {}
         self.steps = StepCounts(len(params), self.device)
@@ -111,12 +118,20 @@ class FlatBucket:
         or re-shaped after construction, so the step's updates would be lost silently), or None."""
         if self.sharded:
             return None  # not moved: the parameters keep their owner's storage
+        if self.deferred:
+            return next((i for i, p in enumerate(self.params) if not p.is_meta), None)
         # Whole lists compared at once, not a Python loop over the parameters: this runs before every step.
         ptrs = [p.data_ptr() for p in self.params]
         shapes = [p.shape for p in self.params]
         if ptrs == self._view_ptrs and shapes == self.view_shapes:
             return None
         return next(i for i in range(len(ptrs)) if (ptrs[i], shapes[i]) != (self._view_ptrs[i], self.view_shapes[i]))
+
+    def ones(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[1]`` on the bucket's device: the single path's coefficients, made once (no fill per step)."""
+        if self._ones is None or self._ones.dtype != dtype:
+            self._ones = torch.ones(1, device=self.device, dtype=dtype)
+        return self._ones
 
     def new_buffer(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.zeros(self.numel, device=self.device, dtype=dtype or self.dtype)
@@ -169,7 +184,8 @@ class FlatBucket:
                 view = self.state_of(name, i).view(self.shapes[i])
                 old = opt_state.get(p, {}).get(name)
                 if loaded and old is not None:
-                    view.copy_(self._local(old, name, i))
+                    old = self._local(old, name, i)
+                    view.copy_(torch.view_as_real(old) if old.is_complex() else old)
                 elif loaded:
                     view.zero_()  # the checkpoint holds no such state for it: it starts from zeros, as in torch.optim
                 opt_state[p][name] = self._entry(view, i)
@@ -198,7 +214,7 @@ class FlatBucket:
         parameter's mesh and placements (as torch.optim's state of a DTensor parameter is; DCP saves and reshards
         it)."""
         if not self.sharded:
-            return view
+            return torch.view_as_complex(view) if self.complex else view
         from torch.distributed.tensor import DTensor
 
         p = self.params[index]

@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..distributed import all_reduce_mean
 from . import amp
+from .diagnostics import StepDiagnostics
 from .flat import FlatBucket
-
-if TYPE_CHECKING:
-    from .base import StepDiagnostics
 
 __all__ = ["HostState", "PendingObjectives", "PerObjectivePath", "describe"]
 
@@ -53,6 +50,10 @@ class HostState:
         # nothing accumulated): a backward call with another number would add unrelated gradients together.
         self.objectives: int | None = None
         self.last_diagnostics: StepDiagnostics | None = None
+        # opt.mimo_loss made a loss since the last step: the single path's gradient then used the optimizer's gamma
+        # and mu. warned: the warning that they may have been ignored was given (once per optimizer).
+        self.mimo_loss_made = False
+        self.warned_unused_mimo = False
 
 
 class PerObjectivePath:
@@ -130,6 +131,12 @@ class PerObjectivePath:
         buckets = [b for bs in self._buckets for b in bs]
         if any(b.sharded for b in buckets):
             raise ValueError(_SHARDED_MESSAGE.format(name=type(self).__name__))
+        if any(b.complex for b in buckets):
+            raise ValueError(
+                f"{type(self).__name__}.backward: the per-objective path is not supported for complex parameters "
+                "(their gradient buffers are laid out as real views); use the single backward: "
+                "opt.mimo_loss(f0, uni_losses).backward(), then opt.step()"
+            )
         params = [p for b in buckets for p in b.params if p.requires_grad]
         scale = None
         if grad_scaler is not None and grad_scaler.is_enabled():
@@ -181,11 +188,16 @@ class PerObjectivePath:
         one whose ``.grad`` is another tensor (another loss's backward created it) has that as its g0."""
         for k in range(num_objectives):
             bucket.grad_buffer(k)
-        stale, grads = [], []
+        views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
+        # The usual case after zero_grad() (no .grad a view): every slice is stale, each buffer is zeroed whole.
+        whole = not any(views)
+        stale = list(bucket.grad_buffers[:num_objectives]) if whole else []
+        grads = []
         for i, p in enumerate(bucket.params):
-            if bucket.is_grad_view(i):
+            if views[i]:
                 continue
-            stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
+            if not whole:
+                stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
             if p.grad is not None:
                 grads.append(i)
             else:

@@ -25,6 +25,14 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _whole(grads: Sequence[torch.Tensor], coefficients: torch.Tensor) -> list[torch.Tensor]:
+    """The K gradient buffers: with one coefficient, ``grads`` may be one gradient in pieces (the gradients of
+    consecutive slices of param, any shapes; csrc/checks.h, is_segmented), joined here."""
+    if coefficients.numel() == 1 and (len(grads) > 1 or (len(grads) == 1 and grads[0].dim() != 1)):
+        return [torch.cat([g.reshape(-1) for g in grads])]
+    return list(grads)
+
+
 def _blend(grads, coefficients, grad_scale, acc) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     coefficients = coefficients.to(acc)
     if grad_scale is not None:
@@ -70,6 +78,7 @@ def sgd_step_reference(
     compute_stats: bool = False,
 ) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
+    grads = _whole(grads, coefficients)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
     g, raw, _ = _blend(grads, coefficients, grad_scale, acc)
@@ -113,6 +122,7 @@ def adamw_step_reference(
     compute_stats: bool = False,
 ) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
+    grads = _whole(grads, coefficients)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
     g, raw, _ = _blend(grads, coefficients, grad_scale, acc)
