@@ -62,9 +62,9 @@ PRESETS = {
         # ~20M: MLP encoders to 512-wide tokens, five pre-norm transformer layers.
         "attention": {"input": 1024, "hidden": 3072, "feature": 512, "layers": 5},
         "batch": 64,
-        "warmup": 3,
-        "rounds": 5,
-        "steps": 3,
+        "warmup": 2,
+        "rounds": 4,
+        "steps": 2,
         "compile": True,
     },
 }
@@ -196,8 +196,12 @@ def check(model: nn.Module, inputs, labels) -> None:
     for name in ("mimo", "mimo_per_obj"):
         got = torch.cat([p.detach().flatten() for p in runs[name].params])
         # One AdamW step moves each parameter by about lr * g / (|g| + eps): where |g| is near eps the rounding of g
-        # moves that ratio, so the parameters are compared to within 5% of the step size lr.
-        torch.testing.assert_close(got, reference, rtol=0, atol=0.05 * LR, msg=lambda m, n=name: f"{n}: {m}")
+        # (one backward against K, blended in the step) moves that ratio by up to lr. So: every parameter within
+        # one step size lr, and all but one in a million within 5% of it.
+        diff = (got - reference).abs()
+        off = (diff > 0.05 * LR).double().mean().item()
+        if diff.max().item() > LR or off > 1e-6:
+            raise AssertionError(f"{name}: max difference {diff.max().item():.3g}, {off:.2g} of them beyond 5% of lr")
 
 
 def time_family(family: str, preset: dict, device: str, variants: list[str]) -> dict:

@@ -180,6 +180,14 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                     for buffer in bucket.grad_buffers:
                         buffer.zero_()
                 bucket.guard_base = None
+                bucket.piece_versions = None
+                if bucket.pieces is not None:
+                    # The other objectives' fresh gradients go as .grad goes: dropped, or zeroed in place.
+                    others = [g for gs in bucket.pieces[1:] for g in gs if g is not None]
+                    if set_to_none or not others:
+                        bucket.pieces = None
+                    else:
+                        torch._foreach_zero_(others)
                 for i, p in enumerate(bucket.params):
                     if p.grad is None:
                         continue
@@ -368,13 +376,13 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             coefficients = coefficients * pending.clip.to(device, dtype, non_blocking=device.type == "cuda")
         return coefficients
 
-    def _single_grads(self, bucket: FlatBucket) -> list[torch.Tensor | None]:
-        """The K = 1 path: each parameter's own ``.grad`` as the kernel reads it (None: not stepped, torch's rule),
-        never written: dense, contiguous and of the parameter's dtype, else a converted copy (a sparse gradient is
-        made dense: the same values; the algorithm refuses sparse gradients first where torch's does)."""
-        grads: list[torch.Tensor | None] = []
-        for p in bucket.params:
-            g = p.grad
+    @staticmethod
+    def _readable(bucket: FlatBucket, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Gradients as the kernel reads them, never written: autograd's own tensors when dense, contiguous and of
+        the bucket's dtype, else converted copies (a sparse gradient made dense: the same values; the algorithm
+        refuses sparse gradients first where torch's does; a complex one as its real view)."""
+        out: list[torch.Tensor | None] = []
+        for g in grads:
             if g is not None:
                 if g.is_sparse:
                     g = g.to_dense()
@@ -382,8 +390,8 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                     g = torch.view_as_real(g)
                 if g.dtype != bucket.dtype or not g.is_contiguous():
                     g = g.to(bucket.dtype).contiguous()
-            grads.append(g)
-        return grads
+            out.append(g)
+        return out
 
     def _lr_tensor(self, group: dict, bucket: FlatBucket) -> torch.Tensor:
         """lr as a one-element tensor in the bucket's math dtype on its device; a float lr is written into a cached
@@ -407,7 +415,15 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         dtype = _math_dtype(bucket.dtype)
         if grad_scale is not None:
             grad_scale = grad_scale.to(bucket.device)
-        if pending is not None:
+        fresh = pending is not None and pending.fresh
+        if fresh and bucket.pieces is not None:
+            # Autograd's own tensors, per objective (objectives.py): the op reads them in pieces, K per run.
+            reached = bucket.sync_pieces()
+            pieces = [self._readable(bucket, gs) for gs in bucket.pieces]
+            grads = None
+            coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
+            factors = amp.unscale_factors(len(pieces), grad_scale, pending.loss_scale, bucket.device, dtype)
+        elif pending is not None and not fresh:
             # Another loss's backward after opt.backward may have given a parameter a .grad of its own (it was
             # None): it is g0's too. Accumulations into the views are in the buffer already.
             self._fold_grad0(bucket)
@@ -424,8 +440,8 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
             coefficients = factors if factors is not None else bucket.ones(dtype)
         else:
-            pieces = self._single_grads(bucket)
-            grads, reached = None, [g is not None for g in pieces]
+            pieces = [self._readable(bucket, [p.grad for p in bucket.params])]
+            grads, reached = None, [g is not None for g in pieces[0]]
             factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
             coefficients = factors if factors is not None else bucket.ones(dtype)
         names = self._state_names(group)
@@ -462,12 +478,14 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                 param, run_grads = bucket.local_param(i).view(-1), [bucket.local_grad(i).reshape(-1)]
                 states = {name: bucket.state_of(name, i) for name in names}
             elif grads is None:
-                # The parameters' own gradients, in order, tile the run (step_entry.h's pieces): one launch.
-                run_grads, at = [], start
+                # The parameters' own gradients, in order, tile the run (step_entry.h's pieces), objective-major,
+                # an empty tensor where an objective has none: one call.
+                indices, at = [], start
                 while at < stop:
-                    i = index_at[at]
-                    run_grads.append(pieces[i])
-                    at += bucket.numels[i]
+                    indices.append(index_at[at])
+                    at += bucket.numels[indices[-1]]
+                empty = bucket.empty()
+                run_grads = [empty if gs[i] is None else gs[i] for gs in pieces for i in indices]
                 param = bucket.param_buffer[start:stop]
                 states = {name: bucket.state[name][start:stop] for name in names}
             else:
