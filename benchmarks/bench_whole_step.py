@@ -3,6 +3,7 @@
     python benchmarks/bench_whole_step.py --quick                 # CI-sized: small models, every variant checked
     python benchmarks/bench_whole_step.py --threads 1             # full: ~21M MLP, ~10M conv net, ~20M attention
     python benchmarks/bench_whole_step.py --device cuda
+    python benchmarks/bench_whole_step.py --variants mimo --rounds 16 --steps 1   # fused against mimo, paired
 
 The kernel and optimizer benchmarks time the step alone; a user sees the whole step, where gradient handling
 (zero-filling, accumulating into an existing ``.grad``) costs more than the step itself. Every variant trains the
@@ -13,8 +14,8 @@ same model (a copy) on the same batch with the same loss, ``mimo_loss(f0, [f1, f
 - ``compiled``: ``torch.optim.AdamW(foreach=True)`` with its ``step`` compiled by ``torch.compile`` (full preset);
 - ``mimo``: ``MIMOAdamW``, one backward of ``mimo_loss`` (the single path);
 - ``mimo_per_obj``: ``MIMOAdamW``, ``opt.backward(f0, [f1, f2])`` (one backward per objective, blended in the step);
-- ``floor_per_obj``: the per-objective path's floor: plain autograd runs the same K = 3 backward passes into fresh
-  gradients (``torch.autograd.grad``), then ``AdamW(fused=True)`` steps on g0 (the blend, which MIMO's step fuses,
+- ``floor_per_obj``: the per-objective path's floor: plain autograd runs the same K = 3 backward passes, each into
+  fresh gradients kept per objective, then ``AdamW(fused=True)`` steps on g0 (the blend, which MIMO's step fuses,
   not counted): the backward work any per-objective method must do.
 
 Timing: warm-up steps, then interleaved rounds (each variant a few steps per round, so background load spreads over
@@ -154,11 +155,15 @@ class Variant:
         if self.name == "mimo_per_obj":
             self.opt.backward(f0, uni)
         elif self.name == "floor_per_obj":
+            # K plain backward passes, each into fresh gradients (autograd's cheapest form: its AccumulateGrad
+            # steals the computed tensor), kept per objective; then the step on g0.
             objectives = [f0, *uni]
-            grads = [
-                torch.autograd.grad(f, self.params, retain_graph=k + 1 < len(objectives), allow_unused=True)
-                for k, f in enumerate(objectives)
-            ]
+            grads = []
+            for k, f in enumerate(objectives):
+                for p in self.params:
+                    p.grad = None
+                torch.autograd.backward(f, retain_graph=k + 1 < len(objectives), inputs=self.params)
+                grads.append([p.grad for p in self.params])
             for p, g in zip(self.params, grads[0], strict=True):
                 p.grad = g
         else:
@@ -167,14 +172,16 @@ class Variant:
 
 
 def held_bytes(variant: Variant) -> int:
-    """Bytes of memory held by parameters, gradients, optimizer state and MIMO's flat buffers: the union of their
-    address ranges (a parameter's storage is an alias inside MIMO's flat buffer, counted once)."""
+    """Bytes of memory held by parameters, gradients (every objective's), optimizer state and MIMO's flat buffers:
+    the union of their address ranges (a parameter's storage is an alias inside MIMO's flat buffer, counted once)."""
     tensors = [*variant.params, *(p.grad for p in variant.params if p.grad is not None)]
     for state in variant.opt.state.values():
         tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     for buckets in getattr(variant.opt, "_buckets", []):
         for bucket in buckets:
             tensors += [*bucket.grad_buffers, *bucket.state.values()]
+            # the per-objective path's other objectives' gradients, kept (as .grad is) until zero_grad
+            tensors += [g for gs in (bucket.pieces or []) for g in gs if g is not None]
             if bucket.param_buffer is not None:
                 tensors.append(bucket.param_buffer)
     ranges = sorted({(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors})
@@ -230,16 +237,29 @@ def time_family(family: str, preset: dict, device: str, variants: list[str]) -> 
             peak = torch.cuda.max_memory_allocated() if device == "cuda" else held_bytes(run)
             peaks[run.name] = max(peaks.get(run.name, 0), peak)
     seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    # Paired: each round's median against fused's in the same round, then the median over rounds (background load
+    # that changes between rounds cancels).
+    steps = preset["steps"]
+    per_round = {
+        name: [statistics.median(ts[r * steps : (r + 1) * steps]) for r in range(preset["rounds"])]
+        for name, ts in times.items()
+    }
+    paired = {
+        name: statistics.median(t / f for t, f in zip(rs, per_round["fused"], strict=True))
+        for name, rs in per_round.items()
+    }
     n = sum(p.numel() for p in model.parameters())
     memory = "peak MB" if device == "cuda" else "held MB"
     print(f"\n{family}: {n / 1e6:.1f}M parameters, batch {preset['batch']}")
-    print(f"{'variant':<15}{'ms/step':>9}{'x fused':>9}{memory:>10}")
+    print(f"{'variant':<15}{'ms/step':>9}{'x fused':>9}{'paired':>8}{memory:>10}")
     for name, t in seconds.items():
-        print(f"{name:<15}{t * 1e3:>9.2f}{t / seconds['fused']:>9.3f}{peaks[name] / 2**20:>10.1f}")
+        ratio = t / seconds["fused"]
+        print(f"{name:<15}{t * 1e3:>9.2f}{ratio:>9.3f}{paired[name]:>8.3f}{peaks[name] / 2**20:>10.1f}")
     return {
         "parameters": n,
         "seconds_per_step": seconds,
         "ratio_to_fused": {name: t / seconds["fused"] for name, t in seconds.items()},
+        "paired_ratio_to_fused": paired,
         "memory_bytes": peaks,
         "memory_kind": "cuda peak allocated" if device == "cuda" else "held between steps",
         "seconds_all": times,
@@ -247,11 +267,12 @@ def time_family(family: str, preset: dict, device: str, variants: list[str]) -> 
 
 
 def main(argv=None) -> int:
-    parser = benchmark_parser(__doc__, device=True, threads=1)
+    parser = benchmark_parser(__doc__, device=True, threads=1, rounds=True)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant per round (preset's)")
     parser.add_argument("--models", nargs="+", choices=["mlp", "conv", "attention"], default=None)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None, help="a subset (fused always runs)")
     args = parser.parse_args(argv)
-    bench = BenchmarkRun.start("whole_step", args, PRESETS)
+    bench = BenchmarkRun.start("whole_step", args, PRESETS, overrides=("rounds", "steps"))
     if bench.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
