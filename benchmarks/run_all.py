@@ -23,6 +23,7 @@ BENCHMARKS = {
     "optim": ("bench_optim.py", True, True),
     "subroutine": ("bench_subroutine.py", False, True),
     "step": ("bench_step.py", False, True),
+    "whole_step": ("bench_whole_step.py", True, True),
     "scaling": ("scaling.py", True, True),
     "fsdp": ("bench_fsdp.py", False, False),
 }

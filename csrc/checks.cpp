@@ -131,6 +131,21 @@ void check_like_param(const char* op, const std::string& name, const at::Tensor&
 
 }  // namespace
 
+bool is_segmented(at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& param) {
+  if (!coefficients.defined() || coefficients.dim() != 1 || !param.defined()) {
+    return false;
+  }
+  if (static_cast<int64_t>(grads.size()) != coefficients.numel()) {
+    return true;
+  }
+  for (const at::Tensor& g : grads) {
+    if (g.defined() && (g.dim() != 1 || g.numel() != param.numel())) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
                         at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
                         const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,
@@ -162,17 +177,55 @@ void check_step_buffers(const char* op, const at::Tensor& param, const std::vect
     }
   }
   TORCH_CHECK_VALUE(!grads.empty(), op, ": grads must hold at least one buffer, got an empty list");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
-                    kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
-                    " modalities), got ", grads.size());
-  for (size_t k = 0; k < grads.size(); ++k) {
-    check_like_param(op, grad_names[k], grads[k], param);
-  }
   TORCH_CHECK_TYPE(is_supported_float(coefficients.scalar_type()), op,
                    ": coefficients must be a floating-point tensor, got ", coefficients.scalar_type());
-  TORCH_CHECK_VALUE(coefficients.dim() == 1 && coefficients.numel() == static_cast<int64_t>(grads.size()), op,
-                    ": coefficients must be 1-D with one entry per grads buffer (", grads.size(), "), got shape ",
-                    coefficients.sizes());
+  if (is_segmented(grads, coefficients, param)) {
+    // K gradients, each given as the tensors of consecutive pieces of param (autograd's own .grad tensors),
+    // objective-major: grads[k * P + j] is objective k's gradient of piece j; an empty tensor means none (zero).
+    const int64_t k_count = coefficients.numel();
+    TORCH_CHECK_VALUE(coefficients.dim() == 1 && k_count >= 1 && k_count <= kMaxStepGrads, op,
+                      ": coefficients must be 1-D with 1 to ", kMaxStepGrads, " entries, got shape ",
+                      coefficients.sizes());
+    const int64_t count = static_cast<int64_t>(grads.size());
+    TORCH_CHECK_VALUE(count % k_count == 0, op, ": grads must hold one buffer of param's length per coefficient, or ",
+                      "the same number of pieces for each of the ", k_count, " coefficients; got ", count,
+                      " tensors for ", k_count, " coefficients");
+    const int64_t pieces = count / k_count;
+    int64_t total = 0;
+    for (int64_t j = 0; j < pieces; ++j) {
+      int64_t length = -1;
+      for (int64_t k = 0; k < k_count; ++k) {
+        const at::Tensor& g = grads[k * pieces + j];
+        const std::string& name = grad_names[k * pieces + j];
+        TORCH_CHECK_TYPE(g.scalar_type() == param.scalar_type(), op, ": ", name, " must have the dtype of param (",
+                         param.scalar_type(), "), got ", g.scalar_type());
+        TORCH_CHECK_VALUE(g.device() == param.device(), op, ": ", name, " must be on the device of param (",
+                          param.device(), "), got ", g.device());
+        TORCH_CHECK_VALUE(!g.is_sparse() && g.is_contiguous(), op, ": ", name,
+                          " must be a dense contiguous tensor, got strides ", g.strides());
+        if (g.numel() == 0) {
+          continue;  // no gradient of this objective for this piece
+        }
+        TORCH_CHECK_VALUE(length < 0 || g.numel() == length, op, ": ", name, " has ", g.numel(),
+                          " elements but another objective's gradient of the same piece has ", length,
+                          " (grads: one buffer of param's length per coefficient, or pieces)");
+        length = g.numel();
+      }
+      total += length < 0 ? 0 : length;
+    }
+    TORCH_CHECK_VALUE(total == param.numel(), op, ": grads must be one buffer of param's length per coefficient, ",
+                      "or pieces that cover param: the pieces' lengths sum to ", total, ", param has ", param.numel());
+  } else {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) <= kMaxStepGrads, op, ": grads may hold at most ",
+                      kMaxStepGrads, " buffers (the fusion objective and up to ", kMaxStepGrads - 1,
+                      " modalities), got ", grads.size());
+    for (size_t k = 0; k < grads.size(); ++k) {
+      check_like_param(op, grad_names[k], grads[k], param);
+    }
+    TORCH_CHECK_VALUE(coefficients.dim() == 1 && coefficients.numel() == static_cast<int64_t>(grads.size()), op,
+                      ": coefficients must be 1-D with one entry per grads buffer (", grads.size(), "), got shape ",
+                      coefficients.sizes());
+  }
   TORCH_CHECK_VALUE(coefficients.device() == param.device(), op, ": coefficients must be on the device of param (",
                     param.device(), "), got ", coefficients.device());
   check_single_value(op, "lr", lr, param);

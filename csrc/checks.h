@@ -32,10 +32,17 @@ struct NamedBuffer {
   const at::Tensor* tensor;
 };
 
+// Whether a step's grads are given in pieces: not K flat buffers of param's length (K = coefficients.numel()).
+// Pieces are the gradients of consecutive slices of param, in order, each dense and contiguous, of any shape
+// (autograd's own .grad tensors of the parameters that param's slices are), objective-major: grads[k * P + j] is
+// objective k's gradient of piece j, an empty tensor where objective k has none (zero) for that piece.
+bool is_segmented(at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& param);
+
 // The buffers and per-step tensors of a fused optimizer step (sgd_step_, adamw_step_): param and every state
 // buffer in use 1-D, contiguous, of one dtype, device and length, overlapping nothing; 1..kMaxStepGrads grads
-// like param, overlapping neither param nor state; coefficients 1-D with one value per grads buffer; lr, step,
-// grad_scale and found_inf single values; every tensor on param's device.
+// like param (or, when is_segmented, in pieces), overlapping neither param nor state;
+// coefficients 1-D with one value per grads buffer; lr, step, grad_scale and found_inf single values; every
+// tensor on param's device.
 void check_step_buffers(const char* op, const at::Tensor& param, const std::vector<NamedBuffer>& states,
                         at::TensorList grads, const at::Tensor& coefficients, const at::Tensor& lr,
                         const at::Tensor& step, const std::optional<at::Tensor>& grad_scale,

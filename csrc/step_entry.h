@@ -13,8 +13,11 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -59,6 +62,60 @@ using AdamWKernel = void (*)(const StepBuffers& buffers, const AdamWOptions& opt
 
 namespace detail {
 
+// The gradients given in pieces (is_segmented): the kernel runs once per piece, on the matching slices of param and
+// state, with the objectives that have a gradient there (and their coefficients); the pieces' statistics are summed
+// (then every objective takes part: a missing gradient is read as zeros, so each entry keeps its meaning). Each
+// element is computed exactly as in one call over flat buffers (the update is element-wise; the blend adds the same
+// terms in the same order, a missing one being an exact zero); the statistics' sums run in the order of the pieces.
+template <typename Options, void (*kernel)(const StepBuffers&, const Options&)>
+void run_pieces(const StepBuffers& b, const Options& options) {
+  const std::vector<at::Tensor> grads = b.grads;
+  const int64_t k_count = b.coefficients.numel();
+  const int64_t pieces = static_cast<int64_t>(grads.size()) / k_count;
+  const bool stats = b.stats.defined();
+  int64_t offset = 0;
+  for (int64_t j = 0; j < pieces; ++j) {
+    int64_t n = 0;
+    std::vector<int64_t> present;
+    for (int64_t k = 0; k < k_count; ++k) {
+      if (grads[k * pieces + j].numel() > 0) {
+        n = grads[k * pieces + j].numel();
+        present.push_back(k);
+      }
+    }
+    if (n == 0) {
+      continue;
+    }
+    StepBuffers piece = b;
+    piece.param = b.param.narrow(0, offset, n);
+    for (at::Tensor& state : piece.states) {
+      state = state.narrow(0, offset, n);
+    }
+    piece.grads.clear();
+    if (stats || static_cast<int64_t>(present.size()) == k_count) {
+      for (int64_t k = 0; k < k_count; ++k) {
+        const at::Tensor& g = grads[k * pieces + j];
+        piece.grads.push_back(g.numel() > 0 ? g.view({n}) : at::zeros({n}, b.param.options()));
+      }
+    } else {
+      for (int64_t k : present) {
+        piece.grads.push_back(grads[k * pieces + j].view({n}));
+      }
+      at::Tensor index = at::empty({static_cast<int64_t>(present.size())}, at::TensorOptions().dtype(at::kLong));
+      std::copy(present.begin(), present.end(), index.mutable_data_ptr<int64_t>());
+      piece.coefficients = b.coefficients.index_select(0, index.to(b.coefficients.device()));
+    }
+    if (stats) {
+      piece.stats = at::zeros_like(b.stats);
+    }
+    kernel(piece, options);
+    if (stats) {
+      b.stats.add_(piece.stats);
+    }
+    offset += n;
+  }
+}
+
 // Builds the kernel's view of the call (after validation), runs it, and advances the step count.
 template <typename Options, void (*kernel)(const StepBuffers&, const Options&)>
 at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at::TensorList grads,
@@ -85,13 +142,15 @@ at::Tensor run_step(const at::Tensor& param, std::vector<at::Tensor> states, at:
     // in found_inf's own dtype, for the kernel and the step count alike.
     b.found_inf = found_inf->ne(0).to(acc).contiguous();
   }
-  const int64_t k_count = static_cast<int64_t>(grads.size());
+  const int64_t k_count = coefficients.numel();  // the number of gradients, also when given in pieces
   at::Tensor stats = at::empty({0}, param.options().dtype(acc));
   if (compute_stats) {
     stats = at::zeros({2 * k_count}, param.options().dtype(acc));
     b.stats = stats;
   }
-  if (param.numel() > 0) {
+  if (param.numel() > 0 && is_segmented(grads, coefficients, param)) {
+    run_pieces<Options, kernel>(b, options);
+  } else if (param.numel() > 0) {
     kernel(b, options);
   }
   if (compute_stats && inv_scale.defined()) {

@@ -100,6 +100,10 @@ def sgd_step_(
     ``momentum == 0``, and is started at the gradient when ``step == 0``. Returns the gradient statistics
     ``[|g_k|^2 for each k, <g_0, g_k> for k >= 1, |g|^2]`` when ``compute_stats``, else an empty tensor.
 
+    With one coefficient, ``grads`` may also be one gradient in pieces: the gradients of consecutive slices of
+    ``param`` in order (dense, contiguous, any shapes, lengths summing to its length), e.g. autograd's own ``.grad``
+    tensors of the parameters those slices are; nothing is copied.
+
     Example:
         >>> param, buf, step = torch.ones(3), torch.zeros(3), torch.zeros(())
         >>> stats = sgd_step_(param, buf, [torch.ones(3)], torch.ones(1), torch.tensor(0.5), step, momentum=0.9)
@@ -225,7 +229,9 @@ def _step_stats_fake(op: str, param: torch.Tensor, named: dict, grads: list[torc
         if t is not None and t.device != param.device:
             raise ValueError(f"{op}: {name} must be on the device of param ({param.device}), got {t.device}")
     acc = torch.float64 if param.dtype == torch.float64 else torch.float32
-    return param.new_empty(2 * len(grads) if compute_stats else 0, dtype=acc)
+    # K is the number of coefficients: grads may also be one gradient in pieces (csrc/checks.h, is_segmented).
+    k = named["coefficients"].numel()
+    return param.new_empty(2 * k if compute_stats else 0, dtype=acc)
 
 
 @torch.library.register_fake("mimo_ext::sgd_step_")

@@ -382,7 +382,8 @@ def _step_errors(algorithm):
         ErrorInput(
             "coefficients-count",
             ValueError,
-            r"coefficients must be 1-D with one entry per grads buffer \(2\)",
+            # one coefficient for two buffers: read as one gradient in pieces, which do not tile param
+            r"one buffer of param's length per coefficient, or pieces that cover param",
             lambda a: _with(a, coefficients=a["coefficients"][:1]),
         ),
         ErrorInput(

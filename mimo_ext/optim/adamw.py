@@ -6,7 +6,6 @@ import numbers
 
 import torch
 
-from ..objective import DEFAULT_MU
 from .arguments import ARGUMENT_DOCS, check_scalar_or_tensor
 from .base import MIMOOptimizer
 
@@ -59,8 +58,8 @@ class MIMOAdamW(MIMOOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        gamma: float | torch.Tensor = 1.0,
-        mu: float | torch.Tensor = DEFAULT_MU,
+        gamma: float | torch.Tensor | None = None,
+        mu: float | torch.Tensor | None = None,
         diagnostics: bool = False,
         sync: bool | None = None,
         process_group=None,
@@ -99,6 +98,10 @@ class MIMOAdamW(MIMOOptimizer):
                 raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
         check_scalar_or_tensor("eps", group["eps"], minimum=0.0)
         check_scalar_or_tensor("weight_decay", group["weight_decay"], minimum=0.0)
+
+    def _check_gradient(self, grad: torch.Tensor) -> None:
+        if grad.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients, as torch.optim.AdamW")
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")

@@ -12,48 +12,36 @@ Gradients come in one of two ways:
 1. ``opt.backward(f0, [f1, ..., fM])`` runs one backward pass per objective, each accumulating straight into that
    objective's flat gradient buffer (``.grad`` points into it during the pass); ``opt.step()`` then blends them
    with ``[1, gamma * softmax(f / mu)]`` on the device, inside the fused step.
-2. ``mimo_loss(...).backward()`` (or any loss) fills the ordinary ``.grad``; ``opt.step()`` uses it with K = 1.
+2. ``opt.mimo_loss(f0, [f1, ..., fM]).backward()`` (``mimo_loss`` with the optimizer's gamma and mu), or any loss's
+   backward, fills the ordinary ``.grad`` as for torch.optim; ``opt.step()`` reads autograd's own ``.grad`` tensors
+   (the step op's gradient "in pieces", next to the flat parameters and state) and never writes them. zero_grad sets
+   ``.grad`` to None as torch.optim's does: nothing is zero-filled, and backward allocates fresh gradients.
 
-The parameters stepped are those holding a gradient in torch's sense (see FlatBucket.touched and zero_grad),
-recorded on the host by post-accumulate-grad hooks, so nothing is read back from the device.
+The parameters stepped are those holding a gradient in torch's sense: ``.grad`` not None on the single path; on the
+per-objective path those the passes reached (FlatBucket.touched, recorded on the host by post-accumulate-grad hooks,
+so nothing is read back from the device).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..distributed import resolve_group
 from ..objective import DEFAULT_MU
+from ..objective import mimo_loss as _mimo_loss
 from ..ops import smooth_max
 from . import amp
 from .arguments import check_floats, check_mimo_hyperparameters, check_torch_flags
 from .checkpoint import Checkpointing
+from .diagnostics import StepDiagnostics, diagnostics_from_stats
 from .flat import FlatBucket, bucket_parameters
 from .objectives import HostState, PendingObjectives, PerObjectivePath
 
 __all__ = ["MIMOOptimizer", "StepDiagnostics"]
-
-
-@dataclass
-class StepDiagnostics:
-    """Gradient statistics of the last step, as device tensors (reading them synchronises; the step does not).
-
-    Attributes:
-        weights: ``softmax(f / mu)`` over the M uni-modal losses (of the first param group), or None on the
-            single-backward path, where the optimizer does not see the losses.
-        grad_norms: ``[K]`` norm of each objective's gradient (K = M + 1 on the per-objective path, 1 otherwise).
-        cosines: ``[M]`` cosine between the fusion gradient g0 and each uni-modal gradient g_m (empty for K = 1).
-        grad_norm: norm of the blended gradient the update used.
-    """
-
-    weights: torch.Tensor | None
-    grad_norms: torch.Tensor
-    cosines: torch.Tensor
-    grad_norm: torch.Tensor
 
 
 class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
@@ -83,8 +71,12 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         self._host = HostState()
         self._lr_tensors: dict[int, tuple[float, torch.Tensor]] = {}
         self.diagnostics = bool(diagnostics)
-        defaults.setdefault("gamma", 1.0)
-        defaults.setdefault("mu", DEFAULT_MU)
+        # Whether gamma or mu was set for this optimizer (as an argument or a param group's key): the single path
+        # (a plain backward) cannot use them, so step() then says so (see _warn_unused_mimo).
+        self._mimo_explicit = any(defaults.get(name) is not None for name in ("gamma", "mu"))
+        for name, value in (("gamma", 1.0), ("mu", DEFAULT_MU)):
+            if defaults.get(name) is None:
+                defaults[name] = value
         super().__init__(params, defaults)
 
     @property
@@ -116,6 +108,9 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     def _check_algorithm(self, group: dict) -> None:
         """Raises ValueError for a bad value of one of the algorithm's own hyperparameters."""
 
+    def _check_gradient(self, grad: torch.Tensor) -> None:
+        """Raises as torch's algorithm does for a gradient it refuses (AdamW: sparse gradients)."""
+
     def _state_names(self, group: dict) -> tuple[str, ...]:
         """Names of the state buffers the group's options use, in the operator's order."""
         raise NotImplementedError
@@ -143,12 +138,16 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     # ---- param groups and state
 
     def add_param_group(self, param_group: dict) -> None:
+        if isinstance(param_group, dict) and ("gamma" in param_group or "mu" in param_group):
+            self._mimo_explicit = True
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
             for p in group["params"]:
-                if not p.is_floating_point():
-                    raise TypeError(f"{type(self).__name__}: parameters must be floating point, got {p.dtype}")
+                if not (p.is_floating_point() or p.is_complex()):
+                    raise TypeError(
+                        f"{type(self).__name__}: parameters must be floating point or complex, got {p.dtype}"
+                    )
                 if p.is_sparse:
                     raise TypeError(f"{type(self).__name__}: sparse parameters are not supported")
             self._check_group(group)
@@ -166,30 +165,40 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         bucket.bind_state(self.state, self._state_names(group) if names is None else names, loaded=loaded)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zeroes the flat gradient buffers (one operation per bucket), as torch.optim's zero_grad zeroes ``.grad``.
+        """As torch.optim's zero_grad: every ``.grad`` is set to None (set_to_none=True, the default: the next
+        backward allocates fresh gradients, and ``step`` reads autograd's own tensors, nothing is zero-filled) or
+        zeroed in place (set_to_none=False: a parameter then keeps a zero gradient, and ``step`` updates it as
+        torch.optim does, weight decay and momentum still moving it).
 
-        set_to_none=True (the default): every parameter is then without a gradient in torch's sense, and ``step``
-        skips the parameters the next backward does not reach. ``.grad`` stays a (zero) view of the flat buffer, so
-        the next backward accumulates straight into it; it is treated as None until a backward reaches it.
-        set_to_none=False: a parameter that had a gradient keeps a zero one, and ``step`` updates it as torch.optim
-        does (weight decay and momentum still move it), also when no later backward reaches it (e.g. a frozen
-        encoder). Gradients that are not views of the buffer are set to None (or zeroed)."""
+        The per-objective buffers need no zeroing here: ``opt.backward`` zeroes the slices of every parameter whose
+        ``.grad`` is not its slice of g0's buffer (None after this call) before it accumulates."""
         for buckets in self._buckets:
             for bucket in buckets:
                 views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
-                if any(views):
-                    bucket.grad_buffers[0].zero_()
-                # The other objectives' buffers accumulate over opt.backward calls, as .grad does over backward
-                # passes: only zero_grad clears them (they exist only once the per-objective path was used).
-                for buffer in bucket.grad_buffers[1:]:
-                    buffer.zero_()
+                if not set_to_none and any(views):
+                    # .grad stays a view of g0's buffer: every objective's buffer keeps accumulating, so all restart.
+                    for buffer in bucket.grad_buffers:
+                        buffer.zero_()
                 bucket.guard_base = None
+                bucket.piece_versions = None
+                if bucket.pieces is not None:
+                    # The other objectives' fresh gradients go as .grad goes: dropped, or zeroed in place.
+                    others = [g for gs in bucket.pieces[1:] for g in gs if g is not None]
+                    if set_to_none or not others:
+                        bucket.pieces = None
+                    else:
+                        torch._foreach_zero_(others)
                 for i, p in enumerate(bucket.params):
-                    if p.grad is not None and not views[i]:
-                        if set_to_none:
-                            p.grad = None
+                    if p.grad is None:
+                        continue
+                    if set_to_none:
+                        p.grad = None
+                    elif not views[i]:
+                        if p.grad.grad_fn is not None:
+                            p.grad.detach_()
                         else:
-                            p.grad.zero_()
+                            p.grad.requires_grad_(False)
+                        p.grad.zero_()
                 if set_to_none:
                     bucket.touched = [False] * len(bucket.params)
         self._host.pending = None
@@ -198,18 +207,49 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
     # ---- the per-objective path
 
     def _check_parameters(self) -> None:
-        """Raises ValueError when a parameter's ``.data`` no longer views the flat buffer (see FlatBucket)."""
+        """Follows parameters whose ``.data`` was replaced since the buckets were built, as torch.optim (which keys
+        everything on the Parameter objects) does: ``model.to(dtype or device)``, ``p.data = ...`` of the same shape,
+        ``to_empty`` after building on meta. Their group is laid out again (see _relayout). A parameter re-shaped
+        (its state no longer fits it) raises ValueError, as does any move between ``opt.backward`` and ``step``."""
         for g, (group, buckets) in enumerate(zip(self.param_groups, self._buckets, strict=True)):
-            for bucket in buckets:
-                i = bucket.moved_view()
-                if i is not None:
-                    p = bucket.params[i]
+            moved = [(bucket, bucket.moved_view()) for bucket in buckets]
+            moved = [(bucket, i) for bucket, i in moved if i is not None]
+            if not moved:
+                continue
+            for bucket, i in moved:
+                p = bucket.params[i]
+                if p.shape != bucket.view_shapes[i] or self._host.pending is not None:
                     j = next(j for j, q in enumerate(group["params"]) if q is p)
+                    why = "re-shaped" if p.shape != bucket.view_shapes[i] else "replaced between opt.backward and step"
                     raise ValueError(
                         f"{type(self).__name__}: parameter {j} of param_groups[{g}] (shape {tuple(p.shape)}, was "
                         f"{tuple(bucket.view_shapes[i])} when it was built) is no longer a view of the "
-                        "optimizer's flat buffer: its .data was replaced or re-shaped after the optimizer was built"
+                        f"optimizer's flat buffer: its .data was {why} after the optimizer was built"
                     )
+            self._relayout(g)
+
+    def _relayout(self, g: int) -> None:
+        """Lays param group ``g`` out again from its parameters' current tensors (their devices and dtypes), carrying
+        each parameter's state and step count over (converted; a state still on meta, never stepped, starts at
+        zeros): the step then goes on as if the optimizer had been built on the moved model."""
+        group = self.param_groups[g]
+        for p in group["params"]:
+            entries = self.state.get(p)
+            if entries and any(isinstance(v, torch.Tensor) and v.is_meta for v in entries.values()):
+                del self.state[p]  # built on meta and never stepped: nothing to carry over
+        buckets = bucket_parameters(group["params"])
+        self._buckets[g] = buckets
+        self._lr_tensors.clear()
+        for bucket in buckets:
+            self._bind_state(group, bucket, loaded=True, names=self._carried_state(group))
+
+    def _carried_state(self, group: dict) -> tuple[str, ...]:
+        """The state buffers to bind after a re-layout: those the group's options use, and any other it holds."""
+        names = list(self._state_names(group))
+        for p in group["params"]:
+            names += [n for n, v in self.state.get(p, {}).items() if n not in names and n != "step"
+                      and isinstance(v, torch.Tensor)]
+        return tuple(names)
 
     # ---- the step
 
@@ -229,12 +269,19 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._check_gradient(p.grad)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if not isinstance(found_inf, torch.Tensor):
             found_inf = None  # GradScaler passes 0 when no .grad was there to check
         self._check_grad0_unchanged("step")
         pending, self._host.pending = self._host.pending, None
+        if pending is None:
+            self._warn_unused_mimo()
+        self._host.mimo_loss_made = False
         stats_sum: torch.Tensor | None = None
         weights_report: torch.Tensor | None = None
         for group, buckets in zip(self.param_groups, self._buckets, strict=True):
@@ -251,8 +298,55 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                         # non_blocking only towards a GPU: a GPU-to-CPU copy would be read before it landed.
                         to = stats_sum.device
                         stats_sum = stats_sum + stats.to(to, non_blocking=to.type == "cuda")
-        self._host.last_diagnostics = _diagnostics(stats_sum, weights_report) if stats_sum is not None else None
+        self._host.last_diagnostics = diagnostics_from_stats(stats_sum, weights_report) if stats_sum is not None else None
         return loss
+
+    def mimo_loss(
+        self, f0: torch.Tensor, uni_losses: Sequence[torch.Tensor] | torch.Tensor, **kwargs
+    ) -> torch.Tensor:
+        """:func:`mimo_ext.mimo_loss` with this optimizer's ``gamma`` and ``mu`` (those of its param groups, which
+        must agree; one-element tensors too, e.g. written by a schedule): the single path's loss, with the one
+        source of gamma and mu that ``opt.backward`` uses. ``kwargs``: mimo_loss's others (``sync``,
+        ``process_group``)."""
+        gamma, mu = self._single_path_gamma_mu()
+        self._host.mimo_loss_made = True
+        if not isinstance(mu, torch.Tensor) and not isinstance(gamma, torch.Tensor):
+            return _mimo_loss(f0, uni_losses, gamma=float(gamma), mu=float(mu), **kwargs)
+        # Tensor hyperparameters stay on the device: mu * S_1(f / mu) = S_mu(f), and gamma multiplies it.
+        uni = torch.stack(list(uni_losses)) if not isinstance(uni_losses, torch.Tensor) else uni_losses
+        scaled_mu = mu.to(uni.device, uni.dtype).reshape(()) if isinstance(mu, torch.Tensor) else float(mu)
+        smooth = _mimo_loss(f0.new_zeros(()), uni / scaled_mu, gamma=1.0, mu=1.0, **kwargs) * scaled_mu
+        return f0 + (gamma.to(f0.device, f0.dtype).reshape(()) if isinstance(gamma, torch.Tensor) else gamma) * smooth
+
+    def _single_path_gamma_mu(self):
+        first = self.param_groups[0]
+        for g, group in enumerate(self.param_groups[1:], start=1):
+            for name in ("gamma", "mu"):
+                if group[name] is not first[name] and not _same_value(group[name], first[name]):
+                    raise ValueError(
+                        f"{type(self).__name__}.mimo_loss: param_groups[{g}] has {name}={group[name]!r} but "
+                        f"param_groups[0] has {first[name]!r}: one loss has one {name}; per-group values apply on "
+                        "the per-objective path (opt.backward(f0, uni_losses)) only"
+                    )
+        return first["gamma"], first["mu"]
+
+    def _warn_unused_mimo(self) -> None:
+        """On the single path the gradient's gamma and mu are those of the loss (``mimo_loss(f0, f, gamma, mu)``),
+        which the optimizer cannot see: when gamma or mu were set on the optimizer and the loss did not come from
+        ``opt.mimo_loss``, they may have been ignored; said once per optimizer."""
+        host = self._host
+        if host.mimo_loss_made or host.warned_unused_mimo or not getattr(self, "_mimo_explicit", False):
+            return
+        host.warned_unused_mimo = True
+        values = ", ".join(f"{n}={self.param_groups[0][n]!r}" for n in ("gamma", "mu"))
+        warnings.warn(
+            f"{type(self).__name__} was given gamma/mu ({values}), but this step's gradient came from a plain "
+            "backward (not opt.backward(f0, uni_losses)), whose loss sets its own gamma and mu: the optimizer's are "
+            "not used. Make the loss with opt.mimo_loss(f0, uni_losses) (the optimizer's gamma and mu), or leave "
+            "gamma/mu off the optimizer",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _weights(self, group: dict, pending: PendingObjectives) -> torch.Tensor:
         # In float64 (M values, on the device): float64 parameters then get float64-accurate coefficients even from
@@ -282,22 +376,22 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             coefficients = coefficients * pending.clip.to(device, dtype, non_blocking=device.type == "cuda")
         return coefficients
 
-    def _single_grads(self, bucket: FlatBucket) -> tuple[list[torch.Tensor], list[bool]]:
-        """The K = 1 path: .grad in the flat buffer 0 (copied there once when it is not already a view of it)."""
-        buffer = bucket.grad_buffer(0)
-        reached = []
-        for i, p in enumerate(bucket.params):
-            if p.grad is None:
-                reached.append(False)
-            elif bucket.is_grad_view(i):
-                reached.append(bucket.touched[i])
-            else:
-                view = bucket.view(buffer, i)
-                view.copy_(p.grad)
-                p.grad = view
-                bucket.touched[i] = True
-                reached.append(True)
-        return [buffer], reached
+    @staticmethod
+    def _readable(bucket: FlatBucket, grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Gradients as the kernel reads them, never written: autograd's own tensors when dense, contiguous and of
+        the bucket's dtype, else converted copies (a sparse gradient made dense: the same values; the algorithm
+        refuses sparse gradients first where torch's does; a complex one as its real view)."""
+        out: list[torch.Tensor | None] = []
+        for g in grads:
+            if g is not None:
+                if g.is_sparse:
+                    g = g.to_dense()
+                if g.is_complex():
+                    g = torch.view_as_real(g)
+                if g.dtype != bucket.dtype or not g.is_contiguous():
+                    g = g.to(bucket.dtype).contiguous()
+            out.append(g)
+        return out
 
     def _lr_tensor(self, group: dict, bucket: FlatBucket) -> torch.Tensor:
         """lr as a one-element tensor in the bucket's math dtype on its device; a float lr is written into a cached
@@ -321,7 +415,15 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         dtype = _math_dtype(bucket.dtype)
         if grad_scale is not None:
             grad_scale = grad_scale.to(bucket.device)
-        if pending is not None:
+        fresh = pending is not None and pending.fresh
+        if fresh and bucket.pieces is not None:
+            # Autograd's own tensors, per objective (objectives.py): the op reads them in pieces, K per run.
+            reached = bucket.sync_pieces()
+            pieces = [self._readable(bucket, gs) for gs in bucket.pieces]
+            grads = None
+            coefficients = self._coefficients(group, bucket, pending, weights, grad_scale)
+            factors = amp.unscale_factors(len(pieces), grad_scale, pending.loss_scale, bucket.device, dtype)
+        elif pending is not None and not fresh:
             # Another loss's backward after opt.backward may have given a parameter a .grad of its own (it was
             # None): it is g0's too. Accumulations into the views are in the buffer already.
             self._fold_grad0(bucket)
@@ -336,11 +438,12 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
         elif bucket.sharded:
             grads, reached = None, [p.grad is not None for p in bucket.params]  # torch.optim's rule
             factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
-            coefficients = factors if factors is not None else torch.ones(1, device=bucket.device, dtype=dtype)
+            coefficients = factors if factors is not None else bucket.ones(dtype)
         else:
-            grads, reached = self._single_grads(bucket)
+            pieces = [self._readable(bucket, [p.grad for p in bucket.params])]
+            grads, reached = None, [g is not None for g in pieces[0]]
             factors = amp.unscale_factors(1, grad_scale, None, bucket.device, dtype)
-            coefficients = factors if factors is not None else torch.ones(1, device=bucket.device, dtype=dtype)
+            coefficients = factors if factors is not None else bucket.ones(dtype)
         names = self._state_names(group)
         new = [name for name in names if name not in bucket.state]
         if new:
@@ -366,14 +469,25 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             return None
         lr = self._lr_tensor(group, bucket)
         total = None
-        shard_at = (
+        index_at = (
             {bucket.offsets[i]: i for i in range(len(bucket.params)) if bucket.numels[i]} if grads is None else {}
         )
         for start, stop, step in runs:
-            if grads is None:
-                i = shard_at[start]
+            if bucket.sharded:
+                i = index_at[start]
                 param, run_grads = bucket.local_param(i).view(-1), [bucket.local_grad(i).reshape(-1)]
                 states = {name: bucket.state_of(name, i) for name in names}
+            elif grads is None:
+                # The parameters' own gradients, in order, tile the run (step_entry.h's pieces), objective-major,
+                # an empty tensor where an objective has none: one call.
+                indices, at = [], start
+                while at < stop:
+                    indices.append(index_at[at])
+                    at += bucket.numels[indices[-1]]
+                empty = bucket.empty()
+                run_grads = [empty if gs[i] is None else gs[i] for gs in pieces for i in indices]
+                param = bucket.param_buffer[start:stop]
+                states = {name: bucket.state[name][start:stop] for name in names}
             else:
                 param, run_grads = bucket.param_buffer[start:stop], [g[start:stop] for g in grads]
                 states = {name: bucket.state[name][start:stop] for name in names}
@@ -429,9 +543,7 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _diagnostics(stats: torch.Tensor, weights: torch.Tensor | None) -> StepDiagnostics:
-    k = stats.numel() // 2
-    norms = stats[:k].clamp_min(0).sqrt()
-    dots = stats[k : 2 * k - 1]
-    cosines = dots / (norms[0] * norms[1:]).clamp_min(torch.finfo(torch.float64).tiny)
-    return StepDiagnostics(weights=weights, grad_norms=norms, cosines=cosines, grad_norm=stats[-1].clamp_min(0).sqrt())
+def _same_value(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False  # distinct tensors: not compared on the host (that would synchronise)
+    return float(a) == float(b)

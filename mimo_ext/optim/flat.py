@@ -45,27 +45,34 @@ class FlatBucket:
         self.sharded = is_dtensor(params[0])
         locals_ = [p.to_local() for p in params] if self.sharded else params
         self.device = locals_[0].device
-        self.dtype = params[0].dtype
-        # Shapes and sizes of what this process holds: the local shards of sharded parameters.
-        self.shapes = [t.shape for t in locals_]
-        self.numels = [t.numel() for t in locals_]
+        # Complex parameters are laid out as their real view (..., 2), as torch.optim steps them: the buffers are
+        # of the real dtype, and the parameter and its state entries are complex views of them.
+        self.complex = params[0].is_complex()
+        self.dtype = params[0].real.dtype if self.complex else params[0].dtype
+        # Shapes and sizes of what this process holds (the local shards of sharded parameters), real-viewed.
+        self.shapes = [(*t.shape, 2) if self.complex else t.shape for t in locals_]
+        self.numels = [torch.Size(shape).numel() for shape in self.shapes]
         self.offsets = [0]
         for n in self.numels[:-1]:
             self.offsets.append(self.offsets[-1] + n)
         self.numel = sum(self.numels)
         self.param_buffer = None
-        if not self.sharded:
+        # Built on meta parameters (meta-init, then to_empty, as FSDP2 users do): nothing to lay out yet. The state
+        # is made on meta; the optimizer lays the bucket out once the parameters have real storage (moved_view).
+        self.deferred = self.device.type == "meta"
+        if not self.sharded and not self.deferred:
             self.param_buffer = torch.empty(self.numel, device=self.device, dtype=self.dtype)
             with torch.no_grad():
                 for i, p in enumerate(params):
                     view = self.view(self.param_buffer, i)
-                    view.copy_(p.detach())
-                    p.data = _alias(view)
+                    view.copy_(torch.view_as_real(p.detach()) if self.complex else p.detach())
+                    p.data = torch.view_as_complex(_alias(view)) if self.complex else _alias(view)
         # Where each parameter's view of the flat buffer lives, to notice a parameter replaced or re-shaped after
         # construction (p.data = ...): the step would update the flat buffer, which it no longer views.
-        self._view_ptrs = [p.data_ptr() for p in params] if not self.sharded else []
+        self._view_ptrs = [p.data_ptr() for p in params] if not (self.sharded or self.deferred) else []
         self.view_shapes = [p.shape for p in params]
         self.grad_buffers: list[torch.Tensor] = []
+        self._ones: torch.Tensor | None = None
         self.touched = [False] * len(params)
         self.state: dict[str, torch.Tensor] = {}
         self.steps = StepCounts(len(params), self.device)
@@ -76,6 +83,13 @@ class FlatBucket:
         self.guard_base: torch.Tensor | None = None
         self.guard_version = 0
         self.guard_accumulations = 0
+        # The per-objective path's fresh gradients: pieces[k][i] is objective k's gradient of parameter i, autograd's
+        # own tensor (pieces[0][i] is .grad), or None; None when the buffers are used instead (see objectives.py).
+        # Their in-place-write guard: g0's versions after opt.backward and the accumulations counted since.
+        self.pieces: list[list[torch.Tensor | None]] | None = None
+        self.piece_versions: list[int | None] | None = None
+        self.piece_accumulations: list[int] = []
+        self._empty: torch.Tensor | None = None
         # Frozen parameters (requires_grad=False) take part in the layout but never receive a gradient.
         for i, p in enumerate(params):
             if p.requires_grad:
@@ -91,6 +105,8 @@ class FlatBucket:
             if bucket is None:
                 return
             bucket.touched[index] = True
+            if bucket.piece_versions is not None and param.grad is bucket.pieces[0][index]:
+                bucket.piece_accumulations[index] += 1
             if bucket.guard_base is not None:
                 grad = param.grad
                 # A view's _base is the root buffer (Python identity is kept while the buffer lives). A .grad that
@@ -111,12 +127,20 @@ class FlatBucket:
         or re-shaped after construction, so the step's updates would be lost silently), or None."""
         if self.sharded:
             return None  # not moved: the parameters keep their owner's storage
+        if self.deferred:
+            return next((i for i, p in enumerate(self.params) if not p.is_meta), None)
         # Whole lists compared at once, not a Python loop over the parameters: this runs before every step.
         ptrs = [p.data_ptr() for p in self.params]
         shapes = [p.shape for p in self.params]
         if ptrs == self._view_ptrs and shapes == self.view_shapes:
             return None
         return next(i for i in range(len(ptrs)) if (ptrs[i], shapes[i]) != (self._view_ptrs[i], self.view_shapes[i]))
+
+    def ones(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[1]`` on the bucket's device: the single path's coefficients, made once (no fill per step)."""
+        if self._ones is None or self._ones.dtype != dtype:
+            self._ones = torch.ones(1, device=self.device, dtype=dtype)
+        return self._ones
 
     def new_buffer(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.zeros(self.numel, device=self.device, dtype=dtype or self.dtype)
@@ -143,10 +167,82 @@ class FlatBucket:
         self.guard_accumulations = 0
 
     def guard_broken(self) -> bool:
-        """Whether g0's buffer was written in place, other than by autograd accumulation, since start_guard."""
+        """Whether g0's buffer (or, fresh, g0's tensors) was written in place, other than by autograd accumulation,
+        since start_guard (start_piece_guard)."""
+        if self.piece_versions is not None:
+            for i, (g, v) in enumerate(zip(self.pieces[0], self.piece_versions, strict=True)):
+                if g is not None and self.params[i].grad is g and g._version != v + self.piece_accumulations[i]:
+                    return True
         if self.guard_base is None:
             return False
         return self.guard_base._version != self.guard_version + self.guard_accumulations
+
+    # ---- the per-objective path's fresh gradients (pieces)
+
+    def start_pieces(self, num_objectives: int) -> None:
+        """Before a per-objective backward call: the gradients so far, per objective. ``.grad`` is g0's (None: no
+        gradient for any objective, torch's meaning, e.g. after model.zero_grad()); the others come from the last
+        call (or from the flat buffers when ``.grad`` is still a view of them)."""
+        if self.pieces is None or len(self.pieces) != num_objectives:
+            self.pieces = [[None] * len(self.params) for _ in range(num_objectives)]
+            for i in range(len(self.params)):
+                if self.is_grad_view(i):
+                    for k in range(1, min(num_objectives, len(self.grad_buffers))):
+                        self.pieces[k][i] = self.view(self.grad_buffers[k], i)
+        self.guard_base = None
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                for pieces in self.pieces:
+                    pieces[i] = None
+            else:
+                self.pieces[0][i] = p.grad
+
+    def pieces_reached(self) -> list[bool]:
+        """Per parameter: whether any objective has a gradient for it."""
+        return [any(pieces[i] is not None for pieces in self.pieces) for i in range(len(self.params))]
+
+    def start_piece_guard(self) -> None:
+        """Records g0's versions: from now on only counted autograd accumulations may change them."""
+        self.piece_versions = [None if g is None else g._version for g in self.pieces[0]]
+        self.piece_accumulations = [0] * len(self.params)
+
+    def sync_pieces(self) -> list[bool]:
+        """Before the step: ``.grad`` is g0's (another loss's backward may have created it, a user may have set it
+        to None); returns which parameters any objective reached."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                for pieces in self.pieces:
+                    pieces[i] = None
+            elif p.grad is not self.pieces[0][i]:
+                self.pieces[0][i] = p.grad
+        self.piece_versions = None
+        return self.pieces_reached()
+
+    def materialize_pieces(self) -> list[bool]:
+        """Moves the pieces into the flat buffers (``.grad`` then views g0's) and drops them; returns the reach."""
+        reached = self.sync_pieces()
+        buffers = [self.grad_buffer(k) for k in range(len(self.pieces))]
+        with torch.no_grad():
+            staged = [
+                [g.clone() if g is not None and g._base is buffers[k] else g for g in pieces]
+                for k, pieces in enumerate(self.pieces)
+            ]
+            for k, pieces in enumerate(staged):
+                buffers[k].zero_()
+                for i, g in enumerate(pieces):
+                    if g is not None:
+                        self.view(buffers[k], i).copy_(g)
+        for i, p in enumerate(self.params):
+            p.grad = self.view(buffers[0], i) if reached[i] else None
+        self.touched = list(reached)
+        self.pieces = None
+        return reached
+
+    def empty(self) -> torch.Tensor:
+        """An empty tensor of the bucket's dtype and device: "no gradient" for a piece (step_entry.h)."""
+        if self._empty is None:
+            self._empty = torch.empty(0, device=self.device, dtype=self.dtype)
+        return self._empty
 
     def point_grads_at(self, k: int) -> None:
         """Makes every parameter's ``.grad`` its slice of gradient buffer k (backward then accumulates there)."""
@@ -169,7 +265,8 @@ class FlatBucket:
                 view = self.state_of(name, i).view(self.shapes[i])
                 old = opt_state.get(p, {}).get(name)
                 if loaded and old is not None:
-                    view.copy_(self._local(old, name, i))
+                    old = self._local(old, name, i)
+                    view.copy_(torch.view_as_real(old) if old.is_complex() else old)
                 elif loaded:
                     view.zero_()  # the checkpoint holds no such state for it: it starts from zeros, as in torch.optim
                 opt_state[p][name] = self._entry(view, i)
@@ -198,7 +295,7 @@ class FlatBucket:
         parameter's mesh and placements (as torch.optim's state of a DTensor parameter is; DCP saves and reshards
         it)."""
         if not self.sharded:
-            return view
+            return torch.view_as_complex(view) if self.complex else view
         from torch.distributed.tensor import DTensor
 
         p = self.params[index]

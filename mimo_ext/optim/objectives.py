@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..distributed import all_reduce_mean
 from . import amp
+from .diagnostics import StepDiagnostics
 from .flat import FlatBucket
-
-if TYPE_CHECKING:
-    from .base import StepDiagnostics
 
 __all__ = ["HostState", "PendingObjectives", "PerObjectivePath", "describe"]
 
@@ -36,6 +33,8 @@ class PendingObjectives:
     loss_scale: torch.Tensor | None  # the GradScaler scale the losses were multiplied by
     grad_scaler: torch.amp.GradScaler | None = None  # to tell, when clipping, whether g0 was unscaled in place
     clip: torch.Tensor | None = None  # the clip_grad_norm_ factor the step's coefficients are multiplied by
+    # The gradients are autograd's own tensors, per objective and parameter (FlatBucket.pieces), not flat buffers.
+    fresh: bool = False
 
     @property
     def uni_losses(self) -> torch.Tensor:
@@ -53,6 +52,10 @@ class HostState:
         # nothing accumulated): a backward call with another number would add unrelated gradients together.
         self.objectives: int | None = None
         self.last_diagnostics: StepDiagnostics | None = None
+        # opt.mimo_loss made a loss since the last step: the single path's gradient then used the optimizer's gamma
+        # and mu. warned: the warning that they may have been ignored was given (once per optimizer).
+        self.mimo_loss_made = False
+        self.warned_unused_mimo = False
 
 
 class PerObjectivePath:
@@ -130,10 +133,82 @@ class PerObjectivePath:
         buckets = [b for bs in self._buckets for b in bs]
         if any(b.sharded for b in buckets):
             raise ValueError(_SHARDED_MESSAGE.format(name=type(self).__name__))
+        if any(b.complex for b in buckets):
+            raise ValueError(
+                f"{type(self).__name__}.backward: the per-objective path is not supported for complex parameters "
+                "(their gradient buffers are laid out as real views); use the single backward: "
+                "opt.mimo_loss(f0, uni_losses).backward(), then opt.step()"
+            )
         params = [p for b in buckets for p in b.params if p.requires_grad]
         scale = None
         if grad_scaler is not None and grad_scaler.is_enabled():
             scale = grad_scaler.scale(torch.ones((), device=f0.device, dtype=torch.float32))
+        pending = self._host.pending
+        # Fresh gradients (autograd's own tensors, no buffer to zero-fill or accumulate into) unless a GradScaler
+        # or torch.distributed needs the flat buffers (amp.py's checks, the one all-reduce per bucket) or earlier
+        # calls since the last step already used them.
+        fresh = scale is None and self._dist_group is None and (pending is None or pending.fresh)
+        if fresh:
+            reached = self._fresh_passes(buckets, objectives, params, retain_graph)
+        else:
+            self._materialize_pieces()
+            reached = self._buffer_passes(buckets, objectives, params, retain_graph, scale)
+        with torch.no_grad():
+            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
+            if self._dist_group is not None:
+                # Once per call: the mean over the ranks of each call's losses; their mean over the calls is then
+                # the global mean, as every rank makes the same number of calls.
+                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
+        if pending is None:
+            pending = PendingObjectives(uni_values, 1, reached, len(objectives), scale, grad_scaler, fresh=fresh)
+        else:
+            pending.uni_loss_sum = pending.uni_loss_sum + uni_values
+            pending.calls += 1
+            pending.reached = reached
+            if pending.loss_scale is None:
+                pending.loss_scale, pending.grad_scaler = scale, grad_scaler
+        for b in buckets:
+            b.touched = list(reached[id(b)])
+            if fresh:
+                b.start_piece_guard()
+                continue
+            for i, p in enumerate(b.params):
+                p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
+            if scale is not None:
+                amp.flag_non_finite(b, len(objectives), pending.uni_losses)
+            b.start_guard()
+        self._host.pending = pending
+        self._host.objectives = len(objectives)
+
+    @staticmethod
+    def _fresh_passes(buckets, objectives, params, retain_graph) -> dict[int, list[bool]]:
+        """One backward pass per objective into autograd's own tensors: before pass k each ``.grad`` is set to
+        objective k's gradient so far (None after zero_grad: autograd then allocates it, nothing is zero-filled),
+        after it the tensor is taken back. ``.grad`` ends as g0's. Returns, per bucket, which parameters any
+        objective (of any call since zero_grad) reached."""
+        for b in buckets:
+            b.start_pieces(len(objectives))
+        for k, f in enumerate(objectives):
+            for b in buckets:
+                for p, g in zip(b.params, b.pieces[k], strict=True):
+                    p.grad = g
+            if f.requires_grad and params:
+                torch.autograd.backward(f, retain_graph=retain_graph or k + 1 < len(objectives), inputs=params)
+            for b in buckets:
+                b.pieces[k] = [p.grad for p in b.params]
+        for b in buckets:
+            reached = b.pieces_reached()
+            for i, p in enumerate(b.params):
+                if reached[i] and b.pieces[0][i] is None:
+                    # Reached by a uni-modal loss only (its head): g0 is zero there, and .grad None would mean "no
+                    # gradient for any objective" (torch's meaning, e.g. after model.zero_grad()).
+                    b.pieces[0][i] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                p.grad = b.pieces[0][i]
+        return {id(b): b.pieces_reached() for b in buckets}
+
+    def _buffer_passes(self, buckets, objectives, params, retain_graph, scale) -> dict[int, list[bool]]:
+        """One backward pass per objective, each accumulating into that objective's flat buffer (``.grad`` its
+        slice): the form amp.py's checks and the distributed reduction read."""
         for b in buckets:
             self._prepare_accumulation(b, len(objectives))
         # Reach is the union over this call's passes, the earlier calls and other losses' backward passes since
@@ -148,30 +223,22 @@ class PerObjectivePath:
                 torch.autograd.backward(target, retain_graph=retain_graph or k + 1 < len(objectives), inputs=params)
             for b in buckets:
                 reached[id(b)] = [r or t for r, t in zip(reached[id(b)], b.touched, strict=True)]
-        with torch.no_grad():
-            uni_values = torch.stack([f.detach().to(torch.float64) for f in uni])
-            if self._dist_group is not None:
-                # Once per call: the mean over the ranks of each call's losses; their mean over the calls is then
-                # the global mean, as every rank makes the same number of calls.
-                uni_values = all_reduce_mean(uni_values, self._dist_group)  # the global batch's weights
+        return reached
+
+    def _materialize_pieces(self) -> None:
+        """Moves fresh per-objective gradients (FlatBucket.pieces) into the flat buffers, for the paths that read
+        those (clipping, a GradScaler, torch.distributed); the pending step then reads the buffers."""
         pending = self._host.pending
-        if pending is None:
-            pending = PendingObjectives(uni_values, 1, reached, len(objectives), scale, grad_scaler)
-        else:
-            pending.uni_loss_sum = pending.uni_loss_sum + uni_values
-            pending.calls += 1
-            pending.reached = reached
-            if pending.loss_scale is None:
-                pending.loss_scale, pending.grad_scaler = scale, grad_scaler
-        for b in buckets:
-            b.touched = list(reached[id(b)])
-            for i, p in enumerate(b.params):
-                p.grad = b.view(b.grad_buffers[0], i) if b.touched[i] else None
-            if scale is not None:
-                amp.flag_non_finite(b, len(objectives), pending.uni_losses)
-            b.start_guard()
-        self._host.pending = pending
-        self._host.objectives = len(objectives)
+        for bs in self._buckets:
+            for b in bs:
+                if b.pieces is None:
+                    continue
+                reached = b.materialize_pieces()
+                if pending is not None and pending.fresh:
+                    pending.reached[id(b)] = reached
+                b.start_guard()
+        if pending is not None:
+            pending.fresh = False
 
     @staticmethod
     def _prepare_accumulation(bucket: FlatBucket, num_objectives: int) -> None:
@@ -181,11 +248,16 @@ class PerObjectivePath:
         one whose ``.grad`` is another tensor (another loss's backward created it) has that as its g0."""
         for k in range(num_objectives):
             bucket.grad_buffer(k)
-        stale, grads = [], []
+        views = [bucket.is_grad_view(i) for i in range(len(bucket.params))]
+        # The usual case after zero_grad() (no .grad a view): every slice is stale, each buffer is zeroed whole.
+        whole = not any(views)
+        stale = list(bucket.grad_buffers[:num_objectives]) if whole else []
+        grads = []
         for i, p in enumerate(bucket.params):
-            if bucket.is_grad_view(i):
+            if views[i]:
                 continue
-            stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
+            if not whole:
+                stale += [bucket.view(buffer, i) for buffer in bucket.grad_buffers[:num_objectives]]
             if p.grad is not None:
                 grads.append(i)
             else:
@@ -255,6 +327,7 @@ class PerObjectivePath:
                 "global blended gradient before it"
             )
         self._check_grad0_unchanged("clip_grad_norm_")
+        self._materialize_pieces()
         norm_type = float(norm_type)
         max_norm = float(max_norm)
         grad_scale = None

@@ -25,6 +25,27 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _whole(grads: Sequence[torch.Tensor], coefficients: torch.Tensor, param: torch.Tensor) -> list[torch.Tensor]:
+    """The K flat gradient buffers. ``grads`` may also be in pieces (csrc/checks.h, is_segmented): the gradients of
+    consecutive slices of param, any shapes, objective-major (``grads[k * P + j]``), an empty tensor where an
+    objective has none (zeros); joined here."""
+    k_count = coefficients.numel()
+    if len(grads) == k_count and all(g.dim() == 1 and g.numel() == param.numel() for g in grads):
+        return list(grads)
+    pieces = len(grads) // k_count
+    lengths = [max(grads[k * pieces + j].numel() for k in range(k_count)) for j in range(pieces)]
+    return [
+        torch.cat(
+            [
+                g.reshape(-1) if g.numel() else param.new_zeros(n)
+                for g, n in zip(grads[k * pieces : (k + 1) * pieces], lengths, strict=True)
+            ]
+            or [param.new_zeros(0)]
+        )
+        for k in range(k_count)
+    ]
+
+
 def _blend(grads, coefficients, grad_scale, acc) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     coefficients = coefficients.to(acc)
     if grad_scale is not None:
@@ -70,6 +91,7 @@ def sgd_step_reference(
     compute_stats: bool = False,
 ) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
+    grads = _whole(grads, coefficients, param)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
     g, raw, _ = _blend(grads, coefficients, grad_scale, acc)
@@ -113,6 +135,7 @@ def adamw_step_reference(
     compute_stats: bool = False,
 ) -> torch.Tensor:
     acc = _math_dtype(param.dtype)
+    grads = _whole(grads, coefficients, param)
     if _skipped(found_inf):
         return torch.zeros(2 * len(grads) if compute_stats else 0, dtype=acc, device=param.device)
     g, raw, _ = _blend(grads, coefficients, grad_scale, acc)

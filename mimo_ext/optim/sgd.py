@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from ..objective import DEFAULT_MU
 from .arguments import ARGUMENT_DOCS, check_scalar_or_tensor
 from .base import MIMOOptimizer
 
@@ -55,8 +54,8 @@ class MIMOSGD(MIMOOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        gamma: float | torch.Tensor = 1.0,
-        mu: float | torch.Tensor = DEFAULT_MU,
+        gamma: float | torch.Tensor | None = None,
+        mu: float | torch.Tensor | None = None,
         diagnostics: bool = False,
         sync: bool | None = None,
         process_group=None,

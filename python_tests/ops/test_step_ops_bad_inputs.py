@@ -31,13 +31,16 @@ def _strided(t):
 
 # (id, algorithm, error type, message fragment, builder of the bad arguments from a fresh Call with n=10, K=2).
 BAD_INPUTS = [
-    ("coefficients-count", "sgd", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
+    ("coefficients-count", "sgd", ValueError, r"or pieces that cover param: the pieces' lengths sum to 20, param has 10",
      lambda c: _sgd(c, coefficients=c.coefficients[:1])),
-    ("coefficients-count", "adamw", ValueError, r"coefficients must be 1-D with one entry per grads buffer \(2\)",
+    ("coefficients-count", "adamw", ValueError, r"one buffer of param's length per coefficient, or the same number of "
+     r"pieces for each of the 3 coefficients; got 2 tensors",
      lambda c: _adamw(c, coefficients=torch.ones(3, device=c.param.device))),
-    ("grads-length", "sgd", ValueError, r"grads\[1\] must have the length of param \(10\), got 9",
+    ("grads-length", "sgd", ValueError, r"grads\[1\] has 9 elements but another objective's gradient of the same "
+     r"piece has 10",
      lambda c: _sgd(c, grads=[c.grads[0], c.grads[1][:9]])),
-    ("grads-length", "adamw", ValueError, r"grads\[0\] must have the length of param \(10\), got 11",
+    ("grads-length", "adamw", ValueError, r"grads\[1\] has 10 elements but another objective's gradient of the same "
+     r"piece has 11",
      lambda c: _adamw(c, grads=[torch.zeros(11, device=c.param.device), c.grads[1]])),
     ("grads-dtype", "sgd", TypeError, r"grads\[1\] must have the dtype of param",
      lambda c: _sgd(c, grads=[c.grads[0], c.grads[1].double()])),

@@ -131,9 +131,10 @@ def _step_after_setting(world, name, group, **values):
     return opt.step
 
 
-def _step_after_replace(world, name):
+def _step_after_reshape(world, name):
+    # (a .data replaced by one of the same shape, model.to(dtype) for one, is followed as torch.optim follows it)
     model, opt = world.optimizer(name)
-    _replace_data(model, reshape=False)
+    _replace_data(model, reshape=True)
     return opt.step
 
 
@@ -216,8 +217,8 @@ CASES = OP_CASES + [
     ("MIMOSGD-step-weight_decay-set-to-nan", ValueError, "weight_decay must be a finite number >= 0",
      lambda w: _step_after_setting(w, "sgd", 0, weight_decay=NAN)),
     # ---- optimizers: parameters changed between steps
-    ("MIMOSGD-step-parameter-replaced", ValueError, r"parameter \d+ of param_groups\[0\] .* is no longer a view",
-     lambda w: _step_after_replace(w, "sgd")),
+    ("MIMOSGD-step-parameter-reshaped", ValueError, r"parameter \d+ of param_groups\[0\] .* is no longer a view",
+     lambda w: _step_after_reshape(w, "sgd")),
     ("MIMOAdamW-backward-parameter-reshaped", ValueError, r"parameter \d+ of param_groups\[0\] .* is no longer a view",
      lambda w: _backward_after_reshape(w, "adamw")),
     # ---- optimizers: backward's losses
