@@ -110,14 +110,16 @@ def build(family: str, preset: dict, device: str) -> tuple[nn.Module, list[torch
     s = preset[family]
     batch = preset["batch"]
     if family == "mlp":
-        model = LateFusion([mlp_encoder(s["input"], s["hidden"], s["feature"]) for _ in range(2)], s["feature"], NUM_CLASSES)
+        encoders = [mlp_encoder(s["input"], s["hidden"], s["feature"]) for _ in range(2)]
+        model = LateFusion(encoders, s["feature"], NUM_CLASSES)
         model.fusion_head = nn.Sequential(
             nn.Linear(2 * s["feature"], s["fusion_hidden"]), nn.ReLU(), nn.Linear(s["fusion_hidden"], NUM_CLASSES)
         )
         model = UniHeads(model)
         inputs = [torch.randn(batch, s["input"]) for _ in range(2)]
     elif family == "conv":
-        model = UniHeads(LateFusion([conv_encoder(s["width"], s["feature"]) for _ in range(2)], s["feature"], NUM_CLASSES))
+        encoders = [conv_encoder(s["width"], s["feature"]) for _ in range(2)]
+        model = UniHeads(LateFusion(encoders, s["feature"], NUM_CLASSES))
         inputs = [torch.randn(batch, 3, s["size"], s["size"]) for _ in range(2)]
     else:
         encoders = [mlp_encoder(s["input"], s["hidden"], s["feature"]) for _ in range(2)]

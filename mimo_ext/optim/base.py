@@ -298,7 +298,8 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
                         # non_blocking only towards a GPU: a GPU-to-CPU copy would be read before it landed.
                         to = stats_sum.device
                         stats_sum = stats_sum + stats.to(to, non_blocking=to.type == "cuda")
-        self._host.last_diagnostics = diagnostics_from_stats(stats_sum, weights_report) if stats_sum is not None else None
+        last = diagnostics_from_stats(stats_sum, weights_report) if stats_sum is not None else None
+        self._host.last_diagnostics = last
         return loss
 
     def mimo_loss(
@@ -345,7 +346,7 @@ class MIMOOptimizer(PerObjectivePath, Checkpointing, torch.optim.Optimizer):
             "not used. Make the loss with opt.mimo_loss(f0, uni_losses) (the optimizer's gamma and mu), or leave "
             "gamma/mu off the optimizer",
             UserWarning,
-            stacklevel=3,
+            stacklevel=5,  # _warn_unused_mimo, step, no_grad, torch.optim's step hook wrapper, the caller
         )
 
     def _weights(self, group: dict, pending: PendingObjectives) -> torch.Tensor:

@@ -31,7 +31,8 @@ def _strided(t):
 
 # (id, algorithm, error type, message fragment, builder of the bad arguments from a fresh Call with n=10, K=2).
 BAD_INPUTS = [
-    ("coefficients-count", "sgd", ValueError, r"or pieces that cover param: the pieces' lengths sum to 20, param has 10",
+    ("coefficients-count", "sgd", ValueError, r"or pieces that cover param: the pieces' lengths sum to 20, param has "
+     r"10",
      lambda c: _sgd(c, coefficients=c.coefficients[:1])),
     ("coefficients-count", "adamw", ValueError, r"one buffer of param's length per coefficient, or the same number of "
      r"pieces for each of the 3 coefficients; got 2 tensors",
