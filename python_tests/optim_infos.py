@@ -27,12 +27,6 @@ from torch.testing._internal.common_optimizers import OptimizerInfo, optim_db  #
 
 from mimo_ext.optim import MIMOSGD, MIMOAdamW
 
-# Rows that wait for the gradient handling of another branch (user-assigned .grad kept, sparse and complex
-# gradients, meta parameters): the tests of them are strict xfails, so they flip to failures (to be unmarked) when
-# that work is merged.
-PENDING_GRADIENT_WORK = "gradient handling: issue 26 branch"
-
-
 def torch_info(torch_cls: type[torch.optim.Optimizer]) -> OptimizerInfo:
     return next(info for info in optim_db if info.optim_cls is torch_cls)
 
@@ -48,9 +42,10 @@ def _mimo_info(mimo_cls, torch_cls, *, has_capturable_arg: bool) -> OptimizerInf
         # refused with a ValueError (the fused step is not differentiable).
         supported_impls=("foreach", "fused"),
         not_og_supported_flags=base.not_og_supported_flags,
-        # Today: a sparse gradient and complex parameters are refused (see PENDING_GRADIENT_WORK).
-        supports_sparse=False,
-        supports_complex=False,
+        # Sparse gradients and complex parameters as torch's class does (SGD steps sparse gradients, AdamW refuses
+        # them; both step complex parameters as their real view): test_optim_info_generic.py checks each side by side.
+        supports_sparse=base.supports_sparse,
+        supports_complex=base.supports_complex,
         has_capturable_arg=has_capturable_arg,
         metadata_for_sparse=base.metadata_for_sparse,
         step_requires_closure=False,

@@ -14,7 +14,7 @@ import torch
 from torch.nn import Parameter
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from python_tests.optim_infos import MIMO_OPTIM_DB, PENDING_GRADIENT_WORK, TORCH_CLASS, configurations
+from python_tests.optim_infos import MIMO_OPTIM_DB, TORCH_CLASS, configurations
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for tiny tensors
 
@@ -366,10 +366,9 @@ def test_error_inputs_raise_torchs_errors(info, error):
     assert results[0] == results[1]
 
 
-# ---- rows that wait for the gradient handling of another branch
+# ---- gradients as torch.optim takes them: complex, sparse, assigned by the user, on meta parameters
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING_GRADIENT_WORK)
 @pytest.mark.parametrize("info", INFOS)
 def test_complex_parameters_step_as_torch(info):
     """torch's test_complex: complex parameters step as their real view."""
@@ -386,7 +385,6 @@ def test_complex_parameters_step_as_torch(info):
     torch.testing.assert_close(z.detach(), twin.detach())
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING_GRADIENT_WORK)
 @pytest.mark.parametrize("info", INFOS)
 def test_sparse_gradients_as_torch(info):
     """torch's SGD steps a sparse gradient; AdamW refuses it with a RuntimeError."""
@@ -406,7 +404,6 @@ def test_sparse_gradients_as_torch(info):
     torch.testing.assert_close(emb.weight.detach(), twin.weight.detach())
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING_GRADIENT_WORK)
 @pytest.mark.parametrize("info", INFOS)
 def test_user_assigned_grad_is_kept_and_not_written(info):
     """torch.optim reads a .grad the user assigned and never writes or replaces it."""
@@ -419,7 +416,6 @@ def test_user_assigned_grad_is_kept_and_not_written(info):
     assert all(p.grad is g and g._version == 0 for p, g in zip(params, grads, strict=True))
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING_GRADIENT_WORK)
 @pytest.mark.parametrize("info", INFOS)
 def test_builds_on_meta_parameters(info):
     """Meta-init then to_empty, as FSDP2 users do: torch.optim builds on meta parameters."""

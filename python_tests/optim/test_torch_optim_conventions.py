@@ -512,3 +512,33 @@ def test_torch_compile_of_a_training_step(name, path):
     for p_c, p_e in zip(model_c.parameters(), model_e.parameters(), strict=True):
         for key in opt_e.state[p_e]:
             torch.testing.assert_close(opt_c.state[p_c][key], opt_e.state[p_e][key])
+
+
+@pytest.mark.parametrize("path", ["single", "objectives"])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_compiled_step_is_one_graph_without_breaks(name, path):
+    """torch.compile(opt.step) on either gradient path: Dynamo traces the whole step into one graph (no graph
+    break), the fused op inside it, and the compiled step moves the parameters as the eager one does."""
+    torch._dynamo.reset()
+    cls = MIMOSGD if name == "sgd" else MIMOAdamW
+    model_e = make_model()
+    models = [model_e, clone_model(model_e), clone_model(model_e)]  # eager, compiled, explained (explain steps too)
+    inputs, labels = make_batch(0)
+    opts = []
+    for model in models:
+        opt = cls(model.parameters(), lr=0.05)
+        f0, fs = objectives(model, inputs, labels)
+        if path == "objectives":
+            opt.backward(f0, fs)
+        else:
+            mimo_ext.mimo_loss(f0, fs).backward()
+        opts.append(opt)
+    explanation = torch._dynamo.explain(opts[2].step)()
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    op = "sgd_step_" if name == "sgd" else "adamw_step_"
+    assert op in explanation.graphs[0].code
+    torch._dynamo.reset()
+    opts[0].step()
+    torch.compile(opts[1].step, backend="aot_eager")()
+    assert_models_close(models[1], model_e)
