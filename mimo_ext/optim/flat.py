@@ -125,10 +125,11 @@ class FlatBucket:
     def moved_view(self) -> int | None:
         """The index of the first parameter that is no longer its view of the flat buffer (its ``.data`` was replaced
         or re-shaped after construction, so the step's updates would be lost silently), or None."""
+        if self.deferred:  # built on meta: moved once a parameter (its local shard, if sharded) has real storage
+            local = (p.to_local() for p in self.params) if self.sharded else self.params
+            return next((i for i, t in enumerate(local) if not t.is_meta), None)
         if self.sharded:
             return None  # not moved: the parameters keep their owner's storage
-        if self.deferred:
-            return next((i for i, p in enumerate(self.params) if not p.is_meta), None)
         # Whole lists compared at once, not a Python loop over the parameters: this runs before every step.
         ptrs = [p.data_ptr() for p in self.params]
         shapes = [p.shape for p in self.params]

@@ -169,6 +169,29 @@ def fsdp_training(rank: int, world: int, kind: str) -> dict:
     return result
 
 
+def fsdp_meta_init(rank: int, world: int, kind: str) -> dict:
+    """FSDP2's meta-device initialisation: the model made on meta and sharded, the optimizer built on its meta
+    parameters, then ``to_empty`` and the weights set (here: model()'s, shard by shard), then training."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    full = model().state_dict()
+    with torch.device("meta"):
+        net = LateFusionMLP(DIMS, CLASSES, hidden=8, feature_dim=4)
+    for encoder in net.encoders:
+        fully_shard(encoder)
+    fully_shard(net)
+    opt = make_optimizer(kind, net)
+    net.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.to_local().copy_(distribute_tensor(full[name], p.device_mesh, p.placements).to_local())
+        for name, b in net.named_buffers():
+            b.copy_(full[name])
+    train_single_backward(net, opt, range(STEPS), rank, world)
+    return {"params": full_params(net)}
+
+
 def fsdp_checkpoint_round_trip(rank: int, world: int, path: str, kind: str = "mimo") -> dict:
     """Trains 3 steps, saves model + optimizer with torch.distributed.checkpoint, loads them into a fresh model and
     optimizer (different initial values) and trains on; beside an uninterrupted run."""
@@ -278,6 +301,7 @@ SCENARIOS = {
         bad_input_on_one_rank,
         resume_from_rank0_checkpoint,
         fsdp_training,
+        fsdp_meta_init,
         fsdp_checkpoint_round_trip,
         fsdp_save_after_three_steps,
         fsdp_resume_on_this_world,

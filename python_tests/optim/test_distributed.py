@@ -168,6 +168,16 @@ def test_fsdp2_single_backward_matches_one_process_with_the_whole_batch(tmp_path
         assert "mimo_loss" in message
 
 
+@pytest.mark.parametrize("kind", ["torch", "mimo"])
+def test_fsdp2_meta_init_with_the_optimizer_built_on_meta_trains_as_a_real_init(tmp_path, kind):
+    """FSDP2's meta-init flow: sharded on meta, the optimizer built there, then to_empty and the weights set."""
+    codes, results, errors = launch(tmp_path, "fsdp_meta_init", kind=kind)
+    assert codes == [0, 0], errors
+    want = one_process_adamw(range(w.STEPS))
+    for r in range(WORLD):
+        assert_params_close(results[r]["params"], want)
+
+
 def test_fsdp2_checkpoint_round_trip_resumes_with_the_same_next_steps(tmp_path):
     codes, results, errors = launch(tmp_path, "fsdp_checkpoint_round_trip", path=str(tmp_path / "dcp"))
     assert codes == [0, 0], errors
