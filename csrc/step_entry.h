@@ -12,8 +12,8 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
@@ -98,12 +98,15 @@ void run_pieces(const StepBuffers& b, const Options& options) {
         piece.grads.push_back(g.numel() > 0 ? g.view({n}) : at::zeros({n}, b.param.options()));
       }
     } else {
+      // The present objectives' coefficients selected on their device (slices joined): a host index copied to a
+      // CUDA device would synchronise with the host at every step and could not be captured in a CUDA graph.
+      std::vector<at::Tensor> chosen;
+      chosen.reserve(present.size());
       for (int64_t k : present) {
         piece.grads.push_back(grads[k * pieces + j].view({n}));
+        chosen.push_back(b.coefficients.narrow(0, k, 1));
       }
-      at::Tensor index = at::empty({static_cast<int64_t>(present.size())}, at::TensorOptions().dtype(at::kLong));
-      std::copy(present.begin(), present.end(), index.mutable_data_ptr<int64_t>());
-      piece.coefficients = b.coefficients.index_select(0, index.to(b.coefficients.device()));
+      piece.coefficients = at::cat(chosen);
     }
     if (stats) {
       piece.stats = at::zeros_like(b.stats);

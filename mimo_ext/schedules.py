@@ -108,7 +108,15 @@ class PenaltySchedule(ABC):
                         f"optimizer {type(optimizer).__name__} has no gamma / mu in its param groups: a penalty "
                         "schedule drives a mimo_ext.optim.MIMOOptimizer (MIMOSGD, MIMOAdamW)"
                     )
-            for group in optimizer.param_groups:
+            self._bind()
+
+    def _bind(self) -> None:
+        """Points every param group at this schedule's tensors, again after ``optimizer.load_state_dict``, which
+        puts the checkpoint's copies in their place (a resumed run would otherwise blend with frozen values)."""
+        if self.optimizer is None:
+            return
+        for group in self.optimizer.param_groups:
+            if group["gamma"] is not self.gamma or group["mu"] is not self.mu:
                 group["gamma"], group["mu"] = self.gamma, self.mu
 
     @abstractmethod
@@ -124,6 +132,7 @@ class PenaltySchedule(ABC):
         """Advances one training step: writes its gamma and mu into the tensors, in place."""
         self.last_step += 1
         self._write()
+        self._bind()
 
     def _write(self) -> None:
         gamma, mu = self.values()
@@ -139,6 +148,7 @@ class PenaltySchedule(ABC):
     def load_state_dict(self, state_dict: dict) -> None:
         self.last_step = int(state_dict["last_step"])
         self._write()
+        self._bind()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(total_steps={self.total_steps}, gamma={self.base_gamma}, mu={self.base_mu})"

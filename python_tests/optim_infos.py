@@ -25,7 +25,7 @@ if importlib.util.find_spec("expecttest") is None:
 
 from torch.testing._internal.common_optimizers import OptimizerInfo, optim_db  # noqa: E402
 
-from mimo_ext.optim import MIMOSGD, MIMOAdamW
+from mimo_ext.optim import MIMOSGD, MIMOAdamW  # noqa: E402
 
 def torch_info(torch_cls: type[torch.optim.Optimizer]) -> OptimizerInfo:
     return next(info for info in optim_db if info.optim_cls is torch_cls)

@@ -9,9 +9,10 @@ parameters, the state and the K gradient buffers once and writes parameters and 
 
 Gradients come in one of two ways:
 
-1. ``opt.backward(f0, [f1, ..., fM])`` runs one backward pass per objective, each accumulating straight into that
-   objective's flat gradient buffer (``.grad`` points into it during the pass); ``opt.step()`` then blends them
-   with ``[1, gamma * softmax(f / mu)]`` on the device, inside the fused step.
+1. ``opt.backward(f0, [f1, ..., fM])`` runs one backward pass per objective, each into that objective's own
+   gradients (autograd's fresh tensors; flat per-objective buffers only for a GradScaler, torch.distributed and
+   ``opt.clip_grad_norm_``); ``opt.step()`` then blends them with ``[1, gamma * softmax(f / mu)]`` on the device,
+   inside the fused step.
 2. ``opt.mimo_loss(f0, [f1, ..., fM]).backward()`` (``mimo_loss`` with the optimizer's gamma and mu), or any loss's
    backward, fills the ordinary ``.grad`` as for torch.optim; ``opt.step()`` reads autograd's own ``.grad`` tensors
    (the step op's gradient "in pieces", next to the flat parameters and state) and never writes them. zero_grad sets

@@ -1,6 +1,7 @@
 """The per-objective path of the fused MIMO optimizers: ``opt.backward(f0, [f1..fM])`` runs one backward pass per
-objective into that objective's flat gradient buffer, accumulating across calls as ``.grad`` does, and
-``opt.clip_grad_norm_`` clips the blended gradient; ``step()`` then blends the K buffers inside its fused kernel.
+objective, into autograd's own fresh tensors (or, with a GradScaler, torch.distributed or after
+``opt.clip_grad_norm_``, into that objective's flat gradient buffer), accumulating across calls as ``.grad`` does;
+``step()`` then blends the K gradients inside its fused kernel.
 
 :class:`PerObjectivePath` is a mixin of :class:`~mimo_ext.optim.base.MIMOOptimizer`: it uses the optimizer's
 buckets (``_buckets``), host bookkeeping (``_host``) and coefficients (``_weights``, ``_coefficients``).
@@ -69,8 +70,9 @@ class PerObjectivePath:
         grad_scaler: torch.amp.GradScaler | None = None,
         retain_graph: bool = False,
     ) -> None:
-        """Runs one backward pass per objective, each accumulating into its own flat gradient buffer; the next
-        ``step()`` blends them as ``g0 + gamma * sum_m softmax(f / mu)_m g_m`` inside its fused kernel.
+        """Runs one backward pass per objective, each into that objective's own gradients (autograd's fresh tensors;
+        flat buffers where a GradScaler or torch.distributed needs them); the next ``step()`` blends them as
+        ``g0 + gamma * sum_m softmax(f / mu)_m g_m`` inside its fused kernel.
 
         Accumulation, as ``.grad`` accumulates: only ``zero_grad()`` zeroes the buffers; each call adds its
         gradients to them (gradient accumulation over micro-batches: call it once per micro-batch, then step).
@@ -96,15 +98,16 @@ class PerObjectivePath:
             retain_graph: keep the graph after the last pass.
 
         The losses stay on the device: nothing is synchronised. Only the parameters of this optimizer receive
-        gradients from these passes. Afterwards ``.grad`` of every reached parameter is its slice of g0's buffer.
+        gradients from these passes. Afterwards ``.grad`` of every reached parameter is its g0 gradient (its slice
+        of g0's flat buffer where the buffers are used).
 
         Not under torch.compile: losses computed by a model compiled with ``torch.compile`` (or inside a compiled
         function) raise ValueError before any backward runs. The K passes go through the same graph with
         ``retain_graph=True``, which AOTAutograd's compiled backward does not support: depending on when torch
         compiled it, it raises its "non-empty donated buffers" error or, with
         ``torch._functorch.config.donated_buffer=False``, returns wrong gradients for every objective after the
-        first. Use the single backward there: ``mimo_loss(f0, uni_losses, gamma=..., mu=...).backward()`` then
-        ``opt.step()``. The check walks the losses' autograd graph breadth first, from the losses, for the backward
+        first. Use the single backward there: ``opt.mimo_loss(f0, uni_losses).backward()`` (the optimizer's gamma
+        and mu) then ``opt.step()``. The check walks the losses' autograd graph breadth first, from the losses, for the backward
         node torch.compile inserts (``CompiledFunctionBackward``), over at most 512 nodes (a compiled model is found
         within a few nodes of its losses; an eager graph costs a bounded walk, not per-parameter work).
         """
@@ -412,8 +415,7 @@ def _compiled_message(name: str, node: str) -> str:
         "the same graph (retain_graph=True), which a backward compiled by torch.compile does not support (torch "
         "raises its 'non-empty donated buffers' error, or, with torch._functorch.config.donated_buffer=False, gives "
         "every objective after the first wrong gradients). Use the single backward, which works under "
-        "torch.compile: mimo_ext.mimo_loss(f0, uni_losses, gamma=..., mu=...).backward() with the optimizer's "
-        "gamma and mu, then opt.step()"
+        "torch.compile: opt.mimo_loss(f0, uni_losses).backward() (the optimizer's gamma and mu), then opt.step()"
     )
 
 
@@ -437,6 +439,6 @@ _SHARDED_MESSAGE = (
     "{name}.backward: the per-objective path is not supported for sharded (DTensor) parameters, e.g. under FSDP2's "
     "fully_shard: FSDP2 reduce-scatters .grad itself after each backward pass, so the K passes would each cost a "
     "reduce-scatter of the whole model and land in FSDP2's gradients, not in per-objective buffers. Use the single "
-    "backward, which FSDP2 reduces once: mimo_ext.mimo_loss(f0, uni_losses, gamma=..., mu=...).backward() with "
-    "the optimizer's gamma and mu, then opt.step()"
+    "backward, which FSDP2 reduces once: opt.mimo_loss(f0, uni_losses).backward() (the optimizer's gamma and mu), "
+    "then opt.step()"
 )

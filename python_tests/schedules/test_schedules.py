@@ -62,6 +62,29 @@ def test_state_dict_resumes_the_step():
     assert b.last_step == 2 and b.gamma.item() == pytest.approx(1.6)
 
 
+@pytest.mark.parametrize("algorithm", ["sgd", "adamw"])
+def test_a_resumed_optimizer_follows_the_schedule_again(algorithm):
+    """The usual resume order (optimizer, schedule, then both load_state_dict): the optimizer's load puts the
+    checkpoint's gamma/mu tensors in its groups; the schedule's next write must reach the optimizer again."""
+    params = [torch.zeros(3, requires_grad=True)]
+    opt = make_optimizer(algorithm, params)
+    schedule = IncreasingPenalty(opt, total_steps=TOTAL, gamma=0.5)
+    for _ in range(2):
+        schedule.step()
+    saved_opt, saved_schedule = opt.state_dict(), schedule.state_dict()
+    resumed = make_optimizer(algorithm, params)
+    resumed_schedule = IncreasingPenalty(resumed, total_steps=TOTAL, gamma=0.5)
+    resumed.load_state_dict(saved_opt)
+    resumed_schedule.load_state_dict(saved_schedule)
+    for _ in range(2):
+        schedule.step()
+        resumed_schedule.step()
+    for group in resumed.param_groups:
+        assert group["gamma"] is resumed_schedule.gamma and group["mu"] is resumed_schedule.mu
+    assert resumed_schedule.gamma.item() == schedule.gamma.item() == pytest.approx(schedule.values()[0])
+    assert resumed.param_groups[0]["gamma"].item() == opt.param_groups[0]["gamma"].item()
+
+
 @pytest.mark.parametrize(
     "build, error, match",
     [

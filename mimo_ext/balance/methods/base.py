@@ -231,6 +231,11 @@ class BalanceMethod(ABC):
     def start(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:  # noqa: B027 (optional hook)
         """Called once before a run's first step with its optimizer and number of steps; nothing by default."""
 
+    def resume(self, steps_done: int) -> None:  # noqa: B027 (optional hook)
+        """Called after :meth:`start` when a run resumes from a checkpoint after ``steps_done`` steps (and after the
+        optimizer's state is loaded), so that what depends on the step count (a penalty schedule) goes on from
+        there; nothing by default."""
+
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith(("_", "last_")))
         return f"{type(self).__name__}({options})"

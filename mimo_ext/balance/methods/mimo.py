@@ -43,6 +43,13 @@ class ScheduledPenalty:
         )
         self._fresh = True
 
+    def resume(self, steps_done: int) -> None:
+        """After :meth:`start`, for a run resumed after ``steps_done`` steps: the next backward takes step
+        ``steps_done``'s values, as the uninterrupted run's did."""
+        if self.schedule is not None and steps_done > 0:
+            self.schedule.load_state_dict({"last_step": steps_done - 1})
+            self._fresh = False
+
     def advance(self, method: str) -> PenaltySchedule:
         if self.schedule is None:
             raise RuntimeError(
@@ -109,6 +116,10 @@ class Mimo(BalanceMethod):
     def start(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
         if self._penalty is not None:
             self._penalty.start(None, total_steps, first_device(optimizer))
+
+    def resume(self, steps_done: int) -> None:
+        if self._penalty is not None:
+            self._penalty.resume(steps_done)
 
     def backward(self, model: torch.nn.Module, out: BatchOutputs, optimizer: torch.optim.Optimizer) -> StepTimes:
         gamma, mu = self.gamma, self.mu

@@ -63,6 +63,10 @@ class MimoFused(BalanceMethod):
         if self._penalty is not None:
             self._penalty.start(optimizer, total_steps, first_device(optimizer))
 
+    def resume(self, steps_done: int) -> None:
+        if self._penalty is not None:
+            self._penalty.resume(steps_done)
+
     def make_optimizer(self, params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """:class:`~mimo_ext.optim.MIMOAdamW` with this method's gamma and mu (default 1 and ``DEFAULT_MU``)."""
         gamma = 1.0 if self.gamma is None else self.gamma

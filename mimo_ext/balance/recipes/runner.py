@@ -159,6 +159,8 @@ def _train_run(name: str, seed: int, c: RunConfig, train: Dataset, test: Dataset
     optimizer = _optimizer(name, model, c, options)
     # No schedule: a StepLR that never fires keeps one code path (and one checkpoint format).
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, c.lr_step or c.epochs + 1, c.lr_gamma)
+    steps_per_epoch = len(_loader(train, c, True, None))
+    method.start(optimizer, c.epochs * steps_per_epoch)  # e.g. a penalty schedule over the whole run
     timer, curves, start = _Timer(), [], 0
     path = _checkpoint_path(c, name, seed)
     if c.resume and path is not None and path.is_file():
@@ -175,6 +177,7 @@ def _train_run(name: str, seed: int, c: RunConfig, train: Dataset, test: Dataset
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         vars(timer).update(state["timer"])
         curves, start = state["curves"], state["epoch"] + 1
+        method.resume(start * steps_per_epoch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     test_loader = _loader(test, c, False, None)

@@ -50,9 +50,12 @@ def _config(root, out, epochs=2, **kw):
                                  out=out, **kw)
 
 
-def test_resume_continues_where_the_interrupted_run_stopped(tmp_path):
+@pytest.mark.parametrize("method_options", [{}, {"mimo": {"schedule": "increasing"}}], ids=["constant", "schedule"])
+def test_resume_continues_where_the_interrupted_run_stopped(tmp_path, method_options):
+    """Also with a penalty schedule, whose step count the resumed run must take up where it stopped."""
     root = make_avmnist(tmp_path / "data", 30, 10)
-    whole = run_recipe(_config(root, tmp_path / "whole", epochs=3))["mimo"]
+    kw = dict(method_options=method_options)
+    whole = run_recipe(_config(root, tmp_path / "whole", epochs=3, **kw))["mimo"]
 
     class Stop(Exception):
         pass
@@ -62,9 +65,9 @@ def test_resume_continues_where_the_interrupted_run_stopped(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        run_recipe(_config(root, tmp_path / "cut", epochs=3), stop_after_first_epoch)
+        run_recipe(_config(root, tmp_path / "cut", epochs=3, **kw), stop_after_first_epoch)
     epochs_seen = []
-    resumed = run_recipe(_config(root, tmp_path / "cut", epochs=3, resume=True), epochs_seen.append)["mimo"]
+    resumed = run_recipe(_config(root, tmp_path / "cut", epochs=3, resume=True, **kw), epochs_seen.append)["mimo"]
     assert [m.split(":")[0] for m in epochs_seen] == ["mimo seed 0 epoch 2/3", "mimo seed 0 epoch 3/3"]
     assert resumed["curves"]["fused"] == whole["curves"]["fused"]
     assert resumed["head_acc"] == whole["head_acc"] and resumed["masked_acc"] == whole["masked_acc"]
