@@ -356,11 +356,11 @@ void test_rejected_steps_write_nothing() {
   expect_rejected([&] {
     adamw_step_(b.param, b.states[0], b.states[1], b.states[2], b.grads, at::ones({3}), b.lr, b.step, {}, {}, 0.9,
                 0.999, 1e-8, 0, false, false, true);
-  }, "one entry per grads buffer", "3 coefficients for 2 grads");
+  }, "got 2 tensors for 3 coefficients", "3 coefficients for 2 grads");
   expect_rejected([&] {
     adamw_step_(b.param, b.states[0], b.states[1], b.states[2], {b.grads[0], b.grads[1].narrow(0, 0, 63)},
                 b.coefficients, b.lr, b.step, {}, {}, 0.9, 0.999, 1e-8, 0, false, false, true);
-  }, "grads[1] must have the length of param", "short grad");
+  }, "grads[1] has 63 elements but another objective's gradient", "short grad");
 }
 
 // smooth_max through its C++ autograd kernel: the gradient is weights * grad, a second derivative raises.
