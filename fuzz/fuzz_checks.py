@@ -74,6 +74,7 @@ if OPTIONS.library:
 with atheris.instrument_imports(include=["mimo_ext"]):
     import mimo_ext
     from mimo_ext.optim import adamw_step_reference, sgd_step_reference
+    from mimo_ext.optim.reference import _whole as whole_grads  # grads in pieces joined into K buffers
 
 from python_tests.references import (  # noqa: E402  (the references and the tolerance rule of the tests)
     blend_reference,
@@ -782,7 +783,9 @@ def check_step(call, a, result, before) -> None:
     if result.numel():
         # The statistics are sums over n elements: n + 2K + 4 roundings of the sum of |terms| (as the Python tests).
         n = param.numel()
-        g = [restored(x, before).double().abs() for x in a["grads"]]
+        # The K whole buffers (grads may come in pieces, an empty piece meaning zeros: joined as the reference does).
+        whole = whole_grads([restored(x, before) for x in a["grads"]], a["coefficients"], param)
+        g = [x.double().abs() for x in whole]
         c = a["coefficients"].to(acc).double().abs()
         scale = None if a["grad_scale"] is None else restored(a["grad_scale"], before).to(acc).double().reshape(())
         inv = 1.0 if scale is None else (1 / scale).item()
